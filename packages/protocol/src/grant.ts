@@ -1,0 +1,107 @@
+import { createAccount, fromPublic, fromSeed, type KeyPair } from '@nats-io/nkeys';
+import { canonicalJson } from './canonical.js';
+import { GrantInvalidError, ProtocolError } from './errors.js';
+import { Grant, GrantBody } from './messages.js';
+import { parse } from './codec.js';
+
+const encoder = new TextEncoder();
+
+/** A supervisor signing key (ed25519 nkey). Keep the seed secret. */
+export interface GrantSigner {
+  /** Public key: executors trust grants whose `issuer` is this. */
+  readonly publicKey: string;
+  sign(body: GrantBody): Grant;
+}
+
+/**
+ * A signer from an nkey seed (`SA…`). Throws a `ProtocolError` when the seed is not a valid
+ * nkey seed, so a misconfigured supervisor fails at start, not at its first grant.
+ */
+export function grantSignerFromSeed(seed: string): GrantSigner {
+  let kp: KeyPair;
+  try {
+    kp = fromSeed(encoder.encode(seed.trim()));
+  } catch (cause) {
+    throw new ProtocolError('invalid grant signing seed: expected an nkey seed (S…)', { cause });
+  }
+  return signerFor(kp);
+}
+
+/** A new random signer; also returns its seed so it can be stored. */
+export function createGrantSigner(): { signer: GrantSigner; seed: string } {
+  const kp = createAccount();
+  return { signer: signerFor(kp), seed: new TextDecoder().decode(kp.getSeed()) };
+}
+
+function signerFor(kp: KeyPair): GrantSigner {
+  const publicKey = kp.getPublicKey();
+  return {
+    publicKey,
+    sign(body) {
+      const checked = parse(GrantBody, { ...body, issuer: publicKey }, 'grant');
+      const sig = Buffer.from(kp.sign(encoder.encode(canonicalJson(checked)))).toString(
+        'base64url',
+      );
+      return { ...checked, sig };
+    },
+  };
+}
+
+/** What a grant must match to be accepted. Fields left out are not checked. */
+export interface VerifyGrantOptions {
+  /** Public keys of supervisors whose grants are accepted. Empty means none is. */
+  trustedIssuers: readonly string[];
+  /** Clock for expiry checks (default `Date.now()`). */
+  now?: number;
+  /** Tolerated clock skew in milliseconds for `issuedAt` (default 5 s). */
+  clockSkewMs?: number;
+  expect?: Partial<
+    Pick<GrantBody, 'runId' | 'agentId' | 'kind' | 'tool' | 'argsHash' | 'idempotencyKey'>
+  >;
+  /** Returns true when a grant id has been revoked (fencing). */
+  isRevoked?: (grantId: string) => boolean;
+}
+
+/**
+ * Verifies a grant: well-formed, signed by a trusted issuer, not expired, not revoked, and for
+ * the expected run, agent, tool, arguments and idempotency key. Returns the grant; throws a
+ * `GrantInvalidError` with `details.reason` otherwise. Never accepts on doubt.
+ */
+export function verifyGrant(grant: unknown, options: VerifyGrantOptions): Grant {
+  let g: Grant;
+  try {
+    g = parse(Grant, grant, 'grant');
+  } catch (cause) {
+    throw new GrantInvalidError('grant is missing or malformed', {
+      cause,
+      details: { reason: 'malformed' },
+    });
+  }
+  const fail = (reason: string, message: string): never => {
+    throw new GrantInvalidError(message, { details: { reason, grantId: g.grantId } });
+  };
+  if (!options.trustedIssuers.includes(g.issuer))
+    fail('untrusted_issuer', 'grant issuer is not trusted');
+  const { sig, ...body } = g;
+  let ok: boolean;
+  try {
+    ok = fromPublic(g.issuer).verify(
+      encoder.encode(canonicalJson(body)),
+      Buffer.from(sig, 'base64url'),
+    );
+  } catch {
+    ok = false;
+  }
+  if (!ok) fail('bad_signature', 'grant signature does not verify (forged or altered)');
+  const now = options.now ?? Date.now();
+  if (g.expiresAt <= now) fail('expired', 'grant has expired');
+  if (g.issuedAt > now + (options.clockSkewMs ?? 5_000))
+    fail('not_yet_valid', 'grant is issued in the future');
+  if (options.isRevoked?.(g.grantId)) fail('revoked', 'grant has been revoked');
+  for (const [key, want] of Object.entries(options.expect ?? {})) {
+    if (want !== undefined && g[key as keyof GrantBody] !== want) {
+      fail(`mismatch_${key}`, `grant is for another ${key}`);
+    }
+  }
+  return g;
+}

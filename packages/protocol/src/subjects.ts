@@ -1,0 +1,143 @@
+import { assertId } from './ids.js';
+import { ProtocolError } from './errors.js';
+
+/** The default subject prefix. Deployments may run several Reins versions side by side with another. */
+export const DEFAULT_PREFIX = 'reins.v1';
+
+const PREFIX_PATTERN = /^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$/;
+/** Trace event names: dotted lower-case words (`step.start`, `tool.result`). */
+const EVENT_PATTERN = /^[a-z][a-z0-9_-]{0,31}(\.[a-z][a-z0-9_-]{0,31}){0,3}$/;
+
+/** A halt/pause/resume/drain target. */
+export type Scope =
+  | { kind: 'agent'; agentId: string }
+  | { kind: 'run'; runId: string }
+  | { kind: 'role'; role: string }
+  | { kind: 'all' };
+
+/** `*` in a subscriber pattern: any single token. */
+export const ANY = '*';
+
+/** Returns `event` when it is a valid trace event name; throws a `ProtocolError` otherwise. */
+export function assertEventName(event: unknown): string {
+  if (typeof event !== 'string' || !EVENT_PATTERN.test(event)) {
+    throw new ProtocolError(
+      `invalid trace event name ${JSON.stringify(String(event).slice(0, 80))}: dotted lower-case words`,
+      { details: { field: 'event' } },
+    );
+  }
+  return event;
+}
+
+function idOrAny(value: string | undefined, what: string): string {
+  if (value === undefined || value === ANY) return ANY;
+  return assertId(value, what);
+}
+
+/** Fields of a trace subject; any left out (or `'*'`) becomes a wildcard. */
+export interface TraceSubjectParts {
+  runId?: string;
+  role?: string;
+  agentId?: string;
+  /** An event name, or omitted / `'>'` for every event. */
+  event?: string;
+}
+
+/**
+ * Builds every subject Reins uses under one prefix. Ids are validated; a bad id throws a
+ * `ProtocolError` (BAD_REQUEST) and is never escaped into a subject.
+ */
+export function createSubjects(prefix: string = DEFAULT_PREFIX) {
+  if (!PREFIX_PATTERN.test(prefix)) {
+    throw new ProtocolError(`invalid subject prefix ${JSON.stringify(prefix)}`);
+  }
+  const p = prefix;
+  return {
+    prefix: p,
+    runsStart: `${p}.runs.start`,
+    runsGet: `${p}.runs.get`,
+    runsList: `${p}.runs.list`,
+    authorize: `${p}.sv.authorize`,
+    settle: `${p}.sv.settle`,
+    act: `${p}.sv.act`,
+    ctlHalt: `${p}.ctl.halt`,
+    ctlResume: `${p}.ctl.resume`,
+    ctlPause: `${p}.ctl.pause`,
+    ctlApprove: `${p}.ctl.approve`,
+    audit: `${p}.audit`,
+    /** Work-queue subject for a role's task pool (JetStream `REINS_TASKS`). */
+    task: (role: string) => `${p}.task.${assertId(role, 'role')}`,
+    /** Every task subject: the `REINS_TASKS` stream's filter. */
+    taskAll: `${p}.task.>`,
+    /** Execution subject of one tool; executors serve it in a queue group. */
+    exec: (tool: string) => `${p}.exec.${assertId(tool, 'tool')}`,
+    /** Control broadcast for one scope. */
+    ctlBcast: (scope: Scope) => `${p}.ctl.bcast.${scopeToken(scope)}`,
+    /** Every control broadcast. */
+    ctlBcastAll: `${p}.ctl.bcast.>`,
+    /** Heartbeat of one actor, or a wildcard pattern. */
+    heartbeat: (role: string = ANY, agentId: string = ANY) =>
+      `${p}.hb.${idOrAny(role, 'role')}.${idOrAny(agentId, 'agentId')}`,
+    /** Approval requests of a run (or every run with `'*'`). */
+    approvals: (runId: string = ANY) => `${p}.approvals.${idOrAny(runId, 'runId')}`,
+    /**
+     * A trace subject `…trace.<runId>.<role>.<agentId>.<event>`. With parts left out it is a
+     * subscriber pattern: `trace({ runId })` matches every event of a run.
+     */
+    trace: (parts: TraceSubjectParts = {}) => {
+      const event =
+        parts.event === undefined || parts.event === '>' ? '>' : assertEventName(parts.event);
+      return `${p}.trace.${idOrAny(parts.runId, 'runId')}.${idOrAny(parts.role, 'role')}.${idOrAny(parts.agentId, 'agentId')}.${event}`;
+    },
+    /** Every trace subject: the `REINS_TRACE` stream's filter. */
+    traceAll: `${p}.trace.>`,
+  } as const;
+}
+
+/** The subject builder for a prefix; see `createSubjects`. */
+export type Subjects = ReturnType<typeof createSubjects>;
+
+/** Subject token(s) for a scope: `agent.<id>`, `run.<id>`, `role.<role>` or `all`. */
+export function scopeToken(scope: Scope): string {
+  switch (scope.kind) {
+    case 'agent':
+      return `agent.${assertId(scope.agentId, 'agentId')}`;
+    case 'run':
+      return `run.${assertId(scope.runId, 'runId')}`;
+    case 'role':
+      return `role.${assertId(scope.role, 'role')}`;
+    case 'all':
+      return 'all';
+  }
+}
+
+/** KV key of a scope (halt markers): same tokens as the broadcast subject. */
+export const scopeKey = scopeToken;
+
+/** JetStream stream and KV bucket names. */
+export const Streams = {
+  tasks: 'REINS_TASKS',
+  trace: 'REINS_TRACE',
+  audit: 'REINS_AUDIT',
+} as const;
+
+/** KV bucket names. */
+export const Buckets = {
+  runs: 'reins_runs',
+  budget: 'reins_budget',
+  halts: 'reins_halts',
+  idem: 'reins_idem',
+  agents: 'reins_agents',
+  approvals: 'reins_approvals',
+} as const;
+
+/** Header names on every Reins message. */
+export const Headers = {
+  contentType: 'Content-Type',
+  schema: 'Reins-Schema',
+  /** Present on replies that carry a `WireError` instead of the expected response. */
+  error: 'Reins-Error',
+} as const;
+
+/** Value of the Content-Type header. */
+export const CONTENT_TYPE = 'application/msgpack';

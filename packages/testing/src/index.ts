@@ -1,0 +1,4 @@
+export { startNatsServer, findNatsServer, natsServerVersion, freePort } from './nats-server.js';
+export type { NatsServer, NatsServerOptions } from './nats-server.js';
+export { startNatsCluster } from './nats-cluster.js';
+export type { NatsCluster, NatsClusterOptions, ClusterNode } from './nats-cluster.js';
