@@ -363,7 +363,10 @@ export type TraceEvent = z.infer<typeof TraceEvent>;
 
 /** One entry of the hash-chained audit log. */
 export const AuditEntry = z.object({
+  /** Position in the writer's chain, from 1. */
   seq: Count,
+  /** The supervisor instance whose chain this entry belongs to. */
+  writer: Id,
   ts: Millis,
   /** What was decided: `admit`, `grant`, `deny`, `settle`, `reap`, `breaker`, `halt`, … */
   action: Text(64),

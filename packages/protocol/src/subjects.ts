@@ -64,7 +64,6 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX) {
     ctlResume: `${p}.ctl.resume`,
     ctlPause: `${p}.ctl.pause`,
     ctlApprove: `${p}.ctl.approve`,
-    audit: `${p}.audit`,
     /** Work-queue subject for a role's task pool (JetStream `REINS_TASKS`). */
     task: (role: string) => `${p}.task.${assertId(role, 'role')}`,
     /** Every task subject: the `REINS_TASKS` stream's filter. */
@@ -89,6 +88,13 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX) {
         parts.event === undefined || parts.event === '>' ? '>' : assertEventName(parts.event);
       return `${p}.trace.${idOrAny(parts.runId, 'runId')}.${idOrAny(parts.role, 'role')}.${idOrAny(parts.agentId, 'agentId')}.${event}`;
     },
+    /**
+     * Audit subject of one writer (a supervisor instance). Each writer keeps its own hash chain,
+     * so several supervisors append without contending; `'*'` matches every writer.
+     */
+    audit: (writer: string = ANY) => `${p}.audit.${idOrAny(writer, 'audit writer')}`,
+    /** Every audit subject: the `REINS_AUDIT` stream's filter. */
+    auditAll: `${p}.audit.>`,
     /** Every trace subject: the `REINS_TRACE` stream's filter. */
     traceAll: `${p}.trace.>`,
   } as const;

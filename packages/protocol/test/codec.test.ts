@@ -127,6 +127,7 @@ const examples: { [K in keyof typeof Messages]: z.input<(typeof Messages)[K]> } 
   },
   'reins.AuditEntry': {
     seq: 1,
+    writer: 'sv1',
     ts: now,
     action: 'grant',
     actor: 'sv1',

@@ -19,7 +19,8 @@ describe('subjects', () => {
     expect(s.ctlBcast({ kind: 'run', runId: 'r1' })).toBe('reins.v1.ctl.bcast.run.r1');
     expect(s.ctlBcast({ kind: 'all' })).toBe('reins.v1.ctl.bcast.all');
     expect(s.heartbeat('executor', 'e1')).toBe('reins.v1.hb.executor.e1');
-    expect(s.audit).toBe('reins.v1.audit');
+    expect(s.audit('sv1')).toBe('reins.v1.audit.sv1');
+    expect(s.audit()).toBe('reins.v1.audit.*');
     expect(s.trace({ runId: 'r1', role: 'planner', agentId: 'p1', event: 'step.start' })).toBe(
       'reins.v1.trace.r1.planner.p1.step.start',
     );
