@@ -8,6 +8,8 @@ REINS_NODE_VERSION=24.21.0
 REINS_PNPM_VERSION=10.34.8
 REINS_ROOT=$(pwd)
 TOOLS="$REINS_ROOT/.tools"
+# Debian installs nats-server into /usr/sbin, which a plain user PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 step() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }

@@ -62,7 +62,9 @@ export function findNatsServer(): string {
     if (!existsSync(fromEnv)) throw new Error(`NATS_SERVER_BIN=${fromEnv} does not exist`);
     return fromEnv;
   }
-  for (const dir of (process.env['PATH'] ?? '').split(delimiter)) {
+  // Debian installs nats-server into /usr/sbin, which a plain user PATH may lack.
+  const dirs = [...(process.env['PATH'] ?? '').split(delimiter), '/usr/local/sbin', '/usr/sbin'];
+  for (const dir of dirs) {
     if (!dir) continue;
     const candidate = join(dir, 'nats-server');
     if (existsSync(candidate)) return candidate;
