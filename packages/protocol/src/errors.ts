@@ -59,16 +59,25 @@ export class ReinsError extends Error {
   }
 }
 
-function errorClass<C extends ErrorCode>(code: C, name: string, retryableByDefault = false) {
+/** The constructor type of a coded error class (keeps `ReinsError` visible in declarations). */
+export interface ReinsErrorClass<C extends string> {
+  new (message: string, options?: ReinsErrorOptions): ReinsError & { readonly code: C };
+  readonly prototype: ReinsError;
+}
+
+function errorClass<C extends ErrorCode>(
+  code: C,
+  name: string,
+  retryableByDefault = false,
+): ReinsErrorClass<C> {
   const cls = class extends ReinsError {
     override name = name;
-    declare readonly code: C;
     constructor(message: string, options: ReinsErrorOptions = {}) {
       super(code, message, { ...options, retryable: options.retryable ?? retryableByDefault });
     }
   };
   Object.defineProperty(cls, 'name', { value: name });
-  return cls;
+  return cls as unknown as ReinsErrorClass<C>;
 }
 
 /** Malformed, oversized or hostile input. Never retryable as is. */

@@ -26,7 +26,7 @@ export {
   fromWireError,
   isErrorCode,
 } from './errors.js';
-export type { ReinsErrorOptions } from './errors.js';
+export type { ReinsErrorOptions, ReinsErrorClass } from './errors.js';
 export { ID_PATTERN, Id, isId, assertId, newId } from './ids.js';
 export {
   DEFAULT_PREFIX,

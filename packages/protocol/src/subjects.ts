@@ -131,6 +131,8 @@ export const Streams = {
 export const Buckets = {
   runs: 'reins_runs',
   budget: 'reins_budget',
+  /** One record per grant: its scopes, amount and state (settled / reaped). */
+  budgetGrants: 'reins_budget_grants',
   halts: 'reins_halts',
   idem: 'reins_idem',
   agents: 'reins_agents',

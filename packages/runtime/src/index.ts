@@ -1,1 +1,26 @@
-export {};
+export { Runtime } from './runtime.js';
+export type { RuntimeOptions, RequestOptions } from './runtime.js';
+export { Actor, defineActor, RUNTIME_VERSION } from './actor.js';
+export type { ActorDefinition, WorkContext, HandlerContext, HandleOptions } from './actor.js';
+export { createLogger } from './logger.js';
+export type { Logger } from './logger.js';
+export { subscribeTraces } from './trace-subscriber.js';
+export type { TraceStart, SubscribeTracesOptions, TraceSubscription } from './trace-subscriber.js';
+export { listAgents, purgeLostAgents } from './presence.js';
+export type { AgentPresence } from './presence.js';
+export { handleSignals } from './shutdown.js';
+export type { ShutdownOptions } from './shutdown.js';
+export { HaltMarkers, scopeFromKey } from './halt-markers.js';
+export { scopeMatches, ScopeSet } from './scopes.js';
+export type { ScopeTarget } from './scopes.js';
+export {
+  ensureInfrastructure,
+  ensureTraceStream,
+  ensureTaskStream,
+  openBucket,
+} from './infrastructure.js';
+export type { TraceRetention } from './infrastructure.js';
+export { mapTransportError } from './transport-errors.js';
+export { decodeReply, errorPayload, payloadHeaders, isErrorReply } from './wire.js';
+export { broadcastControl } from './control.js';
+export type { BroadcastOptions } from './control.js';

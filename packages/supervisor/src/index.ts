@@ -1,1 +1,62 @@
-export {};
+export { BudgetLedger, assertBudgetScope, budgetScopes } from './budget-ledger.js';
+export type {
+  BudgetDimension,
+  BudgetLedgerOptions,
+  LedgerAmount,
+  ReapedReservation,
+  Reaper,
+  ReaperOptions,
+  ReleaseCarveResult,
+  ReserveRequest,
+  ReserveResult,
+  ScopeParts,
+  ScopeReport,
+  SettleResult,
+} from './budget-ledger.js';
+export {
+  ArgRule,
+  PolicyDocument,
+  PolicyEffect,
+  PolicyRule,
+  compilePolicy,
+  evaluatePolicy,
+  loadPolicyFile,
+  narrowPolicy,
+} from './policy.js';
+export type { ArgCheck, Policy, PolicyDecision, PolicyInput, PolicyOptions } from './policy.js';
+export {
+  AuditWriter,
+  GENESIS_HASH,
+  auditHash,
+  ensureAuditStream,
+  readAudit,
+  verifyAudit,
+} from './audit-log.js';
+export type {
+  AuditInput,
+  AuditStreamOptions,
+  AuditVerification,
+  AuditWriterOptions,
+  ReadAuditOptions,
+  VerifyAuditOptions,
+} from './audit-log.js';
+export {
+  BreakerConfig,
+  BreakerName,
+  BreakerState,
+  BreakerTrip,
+  breakerConfig,
+  checkDeadline,
+  initBreakerState,
+  recordAction,
+  recordObservation,
+  recordSpend,
+} from './breakers.js';
+export type { BreakerResult } from './breakers.js';
+export { loadSigningKey, trustedIssuersFromEnv } from './signing-key.js';
+export type {
+  LoadSigningKeyOptions,
+  LoadedSigningKey,
+  SigningKeySource,
+  WarnLogger,
+} from './signing-key.js';

@@ -2,3 +2,13 @@ export { startNatsServer, findNatsServer, natsServerVersion, freePort } from './
 export type { NatsServer, NatsServerOptions } from './nats-server.js';
 export { startNatsCluster } from './nats-cluster.js';
 export type { NatsCluster, NatsClusterOptions, ClusterNode } from './nats-cluster.js';
+export { startFakeOpenAI } from './fake-openai.js';
+export type {
+  FakeOpenAI,
+  FakeOpenAIOptions,
+  FakeReply,
+  FakeCompletion,
+  FakeFault,
+  FakeToolCall,
+  RecordedRequest,
+} from './fake-openai.js';

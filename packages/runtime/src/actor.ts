@@ -1,0 +1,625 @@
+import { hostname } from 'node:os';
+import type { Msg, Subscription } from '@nats-io/transport-node';
+import {
+  AbortedError,
+  Ack,
+  ControlAck,
+  ControlMessage,
+  HaltedError,
+  Heartbeat,
+  PausedError,
+  ReinsError,
+  TraceEvent,
+  UnavailableError,
+  assertEventName,
+  assertId,
+  decode,
+  encode,
+  newId,
+  toWireError,
+  type ActorStatus,
+  type Scope,
+} from '@reins/protocol';
+import type { z } from 'zod';
+import type { Logger } from './logger.js';
+import type { Runtime } from './runtime.js';
+import { ScopeSet, scopeMatches, type ScopeTarget } from './scopes.js';
+import { errorPayload, payloadHeaders } from './wire.js';
+
+/** Version reported in heartbeats. */
+export const RUNTIME_VERSION = '0.1.0';
+
+/** What a user writes to make an actor: a role and behaviour. The runtime does the rest. */
+export interface ActorDefinition {
+  /** Role name (`planner`, `executor`, `reviewer`…): `[A-Za-z0-9_-]{1,64}`. */
+  role: string;
+  /** Agent id; generated (`<role>_<unique>`) when absent. */
+  agentId?: string;
+  /** Version reported in heartbeats. */
+  version?: string;
+  /** Registers handlers and consumers. Throwing here fails the start. */
+  setup?(actor: Actor): void | Promise<void>;
+  /** Called after the actor has stopped (release resources). */
+  teardown?(actor: Actor): void | Promise<void>;
+}
+
+/** Identity helper that keeps the definition typed. */
+export function defineActor(definition: ActorDefinition): ActorDefinition {
+  assertId(definition.role, 'role');
+  if (definition.agentId !== undefined) assertId(definition.agentId, 'agentId');
+  return definition;
+}
+
+/** Context handed to every unit of work. */
+export interface WorkContext {
+  /** Aborted on halt (scope match), shutdown past its deadline, or caller cancellation. */
+  signal: AbortSignal;
+  runId: string | undefined;
+  /** Child logger with `{ role, agentId, runId }`. */
+  logger: Logger;
+}
+
+/** Context handed to a request handler. */
+export interface HandlerContext extends WorkContext {
+  /** The raw NATS message (headers, reply subject). */
+  msg: Msg;
+  /**
+   * Forwards the request to another subject keeping the caller's reply subject, so the next
+   * hop answers the caller directly. The handler's own return value is then not sent.
+   */
+  forward<S extends z.ZodType>(subject: string, schema: S, payload: z.input<S>): void;
+}
+
+/** Options of `Actor.handle`. */
+export interface HandleOptions<Res extends z.ZodType> {
+  /** Queue group: each request goes to one member of the group. */
+  queue?: string;
+  /** Schema of the reply; without it the handler's result is ignored and `{ ok: true }` is sent. */
+  reply?: Res;
+  /** Which run a request belongs to (default: its `runId` field, when it has one). */
+  runOf?: (request: unknown) => string | undefined;
+  /** Largest accepted request (default: the runtime's limit). */
+  maxPayloadBytes?: number;
+}
+
+interface WorkUnit {
+  runId: string | undefined;
+  label: string;
+  controller: AbortController;
+  done: Promise<void>;
+}
+
+type BaseStatus = Exclude<ActorStatus, 'halted' | 'lost'>;
+
+/**
+ * A running actor: a role, an agent id, handlers, a lifecycle
+ * (`starting → running ⇄ paused → draining → stopped`, plus `halted` and `failed`), a control
+ * channel, heartbeats and traces. Create it with `runtime.start(defineActor(…))`.
+ */
+export class Actor implements AsyncDisposable {
+  readonly runtime: Runtime;
+  readonly role: string;
+  readonly agentId: string;
+  readonly version: string;
+  readonly logger: Logger;
+  #base: BaseStatus = 'starting';
+  #error: ReinsError | undefined;
+  readonly #definition: ActorDefinition;
+  readonly #units = new Set<WorkUnit>();
+  readonly #subs: Subscription[] = [];
+  readonly #localHalts = new ScopeSet();
+  readonly #paused = new ScopeSet();
+  #markers: { halted: ScopeSet } | undefined;
+  #heartbeatTimer: NodeJS.Timeout | undefined;
+  #traceSeq = 0;
+  #stopping: Promise<{ abandoned: number }> | undefined;
+  readonly #statusListeners = new Set<(status: ActorStatus) => void>();
+  readonly #consumers = new Set<{ stop(): Promise<void> | void }>();
+
+  /** Use `runtime.start()`. */
+  constructor(runtime: Runtime, definition: ActorDefinition) {
+    this.runtime = runtime;
+    this.#definition = definition;
+    this.role = assertId(definition.role, 'role');
+    this.agentId =
+      definition.agentId !== undefined
+        ? assertId(definition.agentId, 'agentId')
+        : newId(this.role.slice(0, 20));
+    this.version = definition.version ?? RUNTIME_VERSION;
+    this.logger = runtime.logger.child({ role: this.role, agentId: this.agentId });
+  }
+
+  /** Current status; `halted` when a halt marker covers this actor. */
+  get status(): ActorStatus {
+    if (
+      (this.#base === 'running' || this.#base === 'paused') &&
+      this.#haltFor({ agentId: this.agentId, role: this.role })
+    ) {
+      return 'halted';
+    }
+    return this.#base;
+  }
+
+  /** The error that failed the actor, if any. */
+  get error(): ReinsError | undefined {
+    return this.#error;
+  }
+
+  /** Units of work in flight. */
+  get inFlight(): number {
+    return this.#units.size;
+  }
+
+  /** Runs with work in flight. */
+  get runs(): string[] {
+    return [...new Set([...this.#units].flatMap((u) => (u.runId ? [u.runId] : [])))];
+  }
+
+  /** Calls `listener` on every status change. Returns an unsubscribe function. */
+  onStatus(listener: (status: ActorStatus) => void): () => void {
+    this.#statusListeners.add(listener);
+    return () => this.#statusListeners.delete(listener);
+  }
+
+  #setBase(status: BaseStatus): void {
+    if (this.#base === status) return;
+    this.#base = status;
+    const s = this.status;
+    for (const l of this.#statusListeners) l(s);
+    this.logger.debug({ status: s }, 'status');
+  }
+
+  /** @internal Started by the runtime. */
+  async start(): Promise<void> {
+    // Fail closed: an actor that cannot read halt markers does not start.
+    this.#markers = await this.runtime.halts();
+    const nc = this.runtime.nc;
+    this.#subs.push(
+      nc.subscribe(this.runtime.subjects.ctlBcastAll, {
+        callback: (err, msg) => {
+          if (err) return;
+          void this.#onControl(msg);
+        },
+      }),
+    );
+    try {
+      await this.#definition.setup?.(this);
+    } catch (err) {
+      this.fail(err);
+      throw err;
+    }
+    // Make sure the server has every subscription before we say we are running: a request
+    // from another connection right after start() must not meet "no responders".
+    await this.runtime.nc.flush();
+    this.#setBase('running');
+    this.#heartbeat();
+    this.#heartbeatTimer = setInterval(() => this.#heartbeat(), this.runtime.heartbeatMs);
+    this.#heartbeatTimer.unref();
+    this.logger.info({ version: this.version }, 'actor started');
+  }
+
+  #haltFor(target: ScopeTarget): Scope | undefined {
+    return this.#localHalts.find(target) ?? this.#markers?.halted.find(target);
+  }
+
+  /**
+   * Why new work for `runId` would be refused right now, or `undefined` when it may start:
+   * halted (marker or broadcast), paused, draining/stopped, failed.
+   */
+  refusal(runId?: string): ReinsError | undefined {
+    const target = { agentId: this.agentId, role: this.role, runId };
+    const halt = this.#haltFor(target);
+    if (halt)
+      return new HaltedError(`halted: ${describeScope(halt)}`, { details: { scope: halt } });
+    switch (this.#base) {
+      case 'starting':
+      case 'running':
+        break;
+      case 'paused':
+        return new PausedError(`agent ${this.agentId} is paused`);
+      case 'draining':
+      case 'stopped':
+        return new UnavailableError(`agent ${this.agentId} is ${this.#base}`);
+      case 'failed':
+        return new UnavailableError(`agent ${this.agentId} has failed`, { retryable: false });
+    }
+    const paused = this.#paused.find(target);
+    if (paused)
+      return new PausedError(`paused: ${describeScope(paused)}`, { details: { scope: paused } });
+    if (!this.runtime.connected) return new UnavailableError('NATS connection is down');
+    return undefined;
+  }
+
+  /**
+   * Runs `fn` as a tracked unit of work: refused when its run (or this actor) is halted or
+   * paused, aborted through `ctx.signal` by a matching halt or by shutdown. When the unit was
+   * aborted, the abort reason (`HaltedError`, `AbortedError`) is thrown instead of `fn`'s error.
+   */
+  async work<T>(
+    options: { runId?: string | undefined; label?: string },
+    fn: (ctx: WorkContext) => Promise<T>,
+  ): Promise<T> {
+    const refused = this.refusal(options.runId);
+    if (refused) throw refused;
+    const controller = new AbortController();
+    let finish!: () => void;
+    const unit: WorkUnit = {
+      runId: options.runId,
+      label: options.label ?? 'work',
+      controller,
+      done: new Promise<void>((r) => (finish = r)),
+    };
+    this.#units.add(unit);
+    const logger = options.runId ? this.logger.child({ runId: options.runId }) : this.logger;
+    try {
+      return await fn({ signal: controller.signal, runId: options.runId, logger });
+    } catch (err) {
+      if (controller.signal.aborted && controller.signal.reason instanceof ReinsError)
+        throw controller.signal.reason;
+      throw err;
+    } finally {
+      this.#units.delete(unit);
+      finish();
+    }
+  }
+
+  /**
+   * Serves typed requests on `subject`. Each request is validated with `requestSchema` and
+   * runs as a unit of work. Malformed, oversized or refused requests, and handlers that throw,
+   * get a coded error reply (logged once); the actor keeps serving.
+   */
+  handle<Req extends z.ZodType, Res extends z.ZodType = typeof Ack>(
+    subject: string,
+    requestSchema: Req,
+    fn: (
+      request: z.output<Req>,
+      ctx: HandlerContext,
+    ) => Promise<z.input<Res> | undefined> | z.input<Res> | undefined,
+    options: HandleOptions<Res> = {},
+  ): { unsubscribe(): void } {
+    const sub = this.runtime.nc.subscribe(subject, {
+      ...(options.queue ? { queue: options.queue } : {}),
+      callback: (err, msg) => {
+        if (err) {
+          this.logger.error({ err, subject }, 'subscription error');
+          return;
+        }
+        void this.#dispatch(msg, subject, requestSchema, fn, options);
+      },
+    });
+    this.#subs.push(sub);
+    return { unsubscribe: () => sub.unsubscribe() };
+  }
+
+  async #dispatch<Req extends z.ZodType, Res extends z.ZodType>(
+    msg: Msg,
+    subject: string,
+    requestSchema: Req,
+    fn: (
+      request: z.output<Req>,
+      ctx: HandlerContext,
+    ) => Promise<z.input<Res> | undefined> | z.input<Res> | undefined,
+    options: HandleOptions<Res>,
+  ): Promise<void> {
+    let answered = false;
+    const answer = (data: Uint8Array, headers: ReturnType<typeof payloadHeaders>) => {
+      if (answered || !msg.reply) return;
+      answered = true;
+      try {
+        msg.respond(data, { headers });
+      } catch (err) {
+        this.logger.warn({ err, subject }, 'could not send reply');
+      }
+    };
+    const refuse = (err: unknown, level: 'warn' | 'error' | 'debug') => {
+      const wire = toWireError(err);
+      if (level === 'error') this.logger.error({ err, subject }, 'handler failed');
+      else
+        this.logger[level]({ subject, code: wire.code, message: wire.message }, 'request refused');
+      const e = errorPayload(err);
+      answer(e.data, e.headers);
+    };
+    let request: z.output<Req>;
+    try {
+      request = decode(requestSchema, msg.data, {
+        maxPayloadBytes: options.maxPayloadBytes ?? this.runtime.maxPayloadBytes,
+        name: subject,
+      });
+    } catch (err) {
+      refuse(err, 'warn');
+      return;
+    }
+    const runId = options.runOf ? options.runOf(request) : runIdOf(request);
+    try {
+      const result = await this.work({ runId, label: subject }, async (ctx) =>
+        fn(request, {
+          ...ctx,
+          msg,
+          forward: (to, schema, payload) => {
+            answered = true;
+            this.runtime.publish(to, schema, payload, msg.reply ? { reply: msg.reply } : {});
+          },
+        }),
+      );
+      if (answered) return;
+      if (options.reply)
+        answer(encode(options.reply, result as z.input<Res>), payloadHeaders(options.reply));
+      else answer(encode(Ack, { ok: true }), payloadHeaders(Ack));
+    } catch (err) {
+      refuse(err, err instanceof ReinsError ? 'debug' : 'error');
+    }
+  }
+
+  /** Registers something with a `stop()` (a task consumer) to stop when the actor stops. */
+  own(resource: { stop(): Promise<void> | void }): void {
+    this.#consumers.add(resource);
+  }
+
+  /**
+   * Publishes a trace event on `trace.<runId>.<role>.<agentId>.<event>` (fire-and-forget; the
+   * `REINS_TRACE` stream keeps it for late subscribers). Returns the event, or `undefined` when
+   * it could not be encoded (logged, never thrown: tracing must not break the work).
+   */
+  trace(
+    runId: string,
+    event: string,
+    data: Record<string, unknown> = {},
+    ids: { stepId?: string; parentId?: string; spanId?: string } = {},
+  ): TraceEvent | undefined {
+    try {
+      assertEventName(event);
+      const ev: TraceEvent = {
+        runId,
+        role: this.role,
+        agentId: this.agentId,
+        event,
+        seq: ++this.#traceSeq,
+        ts: Date.now(),
+        ...ids,
+        data,
+      };
+      const subject = this.runtime.subjects.trace({
+        runId,
+        role: this.role,
+        agentId: this.agentId,
+        event,
+      });
+      this.runtime.publish(subject, TraceEvent, ev);
+      return ev;
+    } catch (err) {
+      this.logger.warn({ err, runId, event }, 'trace event dropped');
+      return undefined;
+    }
+  }
+
+  async #onControl(msg: Msg): Promise<void> {
+    let ctl: ControlMessage;
+    try {
+      ctl = decode(ControlMessage, msg.data, { name: 'control message' });
+    } catch (err) {
+      this.logger.warn({ err }, 'malformed control message ignored');
+      return;
+    }
+    const self = { agentId: this.agentId, role: this.role };
+    const coversSelf = scopeMatches(ctl.scope, self);
+    // Run-scoped messages concern every actor (it must refuse the run from now on).
+    if (!coversSelf && ctl.scope.kind !== 'run') return;
+    let aborted = 0;
+    let stillRunning = 0;
+    switch (ctl.type) {
+      case 'halt': {
+        this.#localHalts.add(ctl.scope);
+        const reason = new HaltedError(`halted: ${ctl.reason}`, {
+          details: { scope: ctl.scope, id: ctl.id },
+        });
+        ({ aborted, stillRunning } = await this.#abortMatching(ctl.scope, reason, ctl.deadlineMs));
+        this.logger.warn({ scope: ctl.scope, reason: ctl.reason, aborted, stillRunning }, 'halted');
+        for (const l of this.#statusListeners) l(this.status);
+        break;
+      }
+      case 'resume':
+        this.#localHalts.delete(ctl.scope);
+        this.#paused.delete(ctl.scope);
+        if (coversSelf && this.#base === 'paused') this.#setBase('running');
+        for (const l of this.#statusListeners) l(this.status);
+        break;
+      case 'pause':
+        if (ctl.scope.kind === 'run') this.#paused.add(ctl.scope);
+        else if (this.#base === 'running') this.#setBase('paused');
+        stillRunning = this.#units.size;
+        break;
+      case 'drain':
+        void this.stop({ deadlineMs: ctl.deadlineMs });
+        stillRunning = this.#units.size;
+        break;
+    }
+    if (msg.reply) {
+      try {
+        msg.respond(
+          encode(ControlAck, {
+            id: ctl.id,
+            agentId: this.agentId,
+            role: this.role,
+            type: ctl.type,
+            aborted,
+            stillRunning,
+          }),
+          { headers: payloadHeaders(ControlAck) },
+        );
+      } catch (err) {
+        this.logger.warn({ err }, 'could not ack control message');
+      }
+    }
+  }
+
+  /** Aborts every unit matching `scope` and waits until they settle or the deadline passes. */
+  async #abortMatching(
+    scope: Scope,
+    reason: ReinsError,
+    deadlineMs: number,
+  ): Promise<{ aborted: number; stillRunning: number }> {
+    const matching = [...this.#units].filter((u) =>
+      scopeMatches(scope, { agentId: this.agentId, role: this.role, runId: u.runId }),
+    );
+    for (const u of matching) u.controller.abort(reason);
+    await settleWithin(
+      matching.map((u) => u.done),
+      deadlineMs,
+    );
+    return {
+      aborted: matching.length,
+      stillRunning: matching.filter((u) => this.#units.has(u)).length,
+    };
+  }
+
+  /** Stops taking new work (requests get `PausedError`); in-flight work continues. */
+  pause(): void {
+    if (this.#base === 'running') this.#setBase('paused');
+  }
+
+  /** Takes new work again after `pause()`. */
+  resume(): void {
+    if (this.#base === 'paused') this.#setBase('running');
+  }
+
+  /** Marks the actor failed with `error` (reported in heartbeats); it takes no more work. */
+  fail(error: unknown): void {
+    this.#error =
+      error instanceof ReinsError
+        ? error
+        : new UnavailableError('actor failed', { cause: error, retryable: false });
+    this.logger.error({ err: error }, 'actor failed');
+    this.#setBase('failed');
+    this.#heartbeat();
+  }
+
+  /**
+   * Drains: stops taking work, lets in-flight work finish until `deadlineMs`, aborts what is
+   * left and waits a short grace, then unsubscribes. Returns how many units were abandoned
+   * (still running after the abort). Idempotent.
+   */
+  stop(options: { deadlineMs?: number; graceMs?: number } = {}): Promise<{ abandoned: number }> {
+    this.#stopping ??= this.#stop(options.deadlineMs ?? 5000, options.graceMs ?? 1000);
+    return this.#stopping;
+  }
+
+  async #stop(deadlineMs: number, graceMs: number): Promise<{ abandoned: number }> {
+    const failed = this.#base === 'failed';
+    if (!failed) this.#setBase('draining');
+    await Promise.all([...this.#consumers].map(async (c) => c.stop()));
+    this.#heartbeat();
+    await settleWithin(
+      [...this.#units].map((u) => u.done),
+      deadlineMs,
+    );
+    const left = [...this.#units];
+    if (left.length) {
+      const reason = new AbortedError('actor is shutting down');
+      for (const u of left) u.controller.abort(reason);
+      await settleWithin(
+        left.map((u) => u.done),
+        graceMs,
+      );
+    }
+    const abandoned = [...this.#units];
+    if (abandoned.length) {
+      this.logger.error(
+        { abandoned: abandoned.map((u) => ({ label: u.label, runId: u.runId })) },
+        'abandoned work that ignored its abort signal',
+      );
+    }
+    for (const s of this.#subs) {
+      try {
+        s.unsubscribe();
+      } catch {
+        // connection already closed
+      }
+    }
+    if (this.#heartbeatTimer) clearInterval(this.#heartbeatTimer);
+    if (!failed) this.#setBase('stopped');
+    this.#heartbeat();
+    this.runtime.actors.delete(this);
+    try {
+      await this.#definition.teardown?.(this);
+    } catch (err) {
+      this.logger.error({ err }, 'teardown failed');
+    }
+    this.logger.info({ abandoned: abandoned.length }, 'actor stopped');
+    return { abandoned: abandoned.length };
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.stop().then(() => undefined);
+  }
+
+  /** The heartbeat this actor would publish now. */
+  snapshot(): Heartbeat {
+    const now = Date.now();
+    const mem = process.memoryUsage();
+    const hb: Heartbeat = {
+      agentId: this.agentId,
+      role: this.role,
+      status: this.status,
+      inFlight: this.#units.size,
+      runs: this.runs.slice(0, 1000),
+      memory: { rss: mem.rss, heapUsed: mem.heapUsed },
+      version: this.version.slice(0, 64),
+      pid: process.pid,
+      host: hostname().slice(0, 256),
+      ts: now,
+      intervalMs: this.runtime.heartbeatMs,
+      expiresAt: now + 3 * this.runtime.heartbeatMs,
+      degraded: !this.runtime.connected,
+    };
+    if (this.#error) hb.error = toWireError(this.#error);
+    return hb;
+  }
+
+  #heartbeat(): void {
+    if (this.runtime.nc.isClosed()) return;
+    const hb = this.snapshot();
+    try {
+      this.runtime.publish(this.runtime.subjects.heartbeat(this.role, this.agentId), Heartbeat, hb);
+    } catch (err) {
+      this.logger.warn({ err }, 'heartbeat publish failed');
+      return;
+    }
+    void this.runtime
+      .agentsBucket()
+      .then((kv) => kv.put(this.agentId, encode(Heartbeat, hb)))
+      .catch((err: unknown) => this.logger.debug({ err }, 'presence update failed'));
+  }
+}
+
+function runIdOf(request: unknown): string | undefined {
+  if (request && typeof request === 'object' && 'runId' in request) {
+    const id = request.runId;
+    return typeof id === 'string' ? id : undefined;
+  }
+  return undefined;
+}
+
+function describeScope(scope: Scope): string {
+  switch (scope.kind) {
+    case 'all':
+      return 'everything';
+    case 'agent':
+      return `agent ${scope.agentId}`;
+    case 'role':
+      return `role ${scope.role}`;
+    case 'run':
+      return `run ${scope.runId}`;
+  }
+}
+
+async function settleWithin(promises: Promise<void>[], ms: number): Promise<void> {
+  if (!promises.length) return;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    Promise.allSettled(promises),
+    new Promise<void>((r) => {
+      timer = setTimeout(r, ms);
+    }),
+  ]);
+  clearTimeout(timer);
+}

@@ -1,0 +1,50 @@
+import { ControlAck, ControlMessage, decode, encode, newId } from '@reins/protocol';
+import type { z } from 'zod';
+import type { Runtime } from './runtime.js';
+import { payloadHeaders } from './wire.js';
+
+/** Options of `broadcastControl`. */
+export interface BroadcastOptions {
+  /** Stop collecting once this many acks arrived (default: wait the whole window). */
+  expectAcks?: number;
+  /** How long to collect acks beyond the message's own deadline (default 500 ms). */
+  graceMs?: number;
+}
+
+/**
+ * Broadcasts a control message (halt / pause / resume / drain) to every actor its scope covers
+ * and collects their acks until the message's deadline (+ grace). Returns the valid acks;
+ * malformed acks are ignored. Used by the supervisor and by tools that manage actors.
+ */
+export async function broadcastControl(
+  runtime: Runtime,
+  message: Omit<z.input<typeof ControlMessage>, 'id'> & { id?: string },
+  options: BroadcastOptions = {},
+): Promise<ControlAck[]> {
+  const msg = ControlMessage.parse({ ...message, id: message.id ?? newId('ctl') });
+  const subject = runtime.subjects.ctlBcast(msg.scope);
+  const acks: ControlAck[] = [];
+  const seen = new Set<string>();
+  const replies = await runtime.nc.requestMany(subject, encode(ControlMessage, msg), {
+    strategy: 'timer',
+    maxWait: msg.deadlineMs + (options.graceMs ?? 500),
+    headers: payloadHeaders(ControlMessage),
+    ...(options.expectAcks ? { maxMessages: options.expectAcks } : {}),
+  });
+  try {
+    for await (const r of replies) {
+      try {
+        const ack = decode(ControlAck, r.data);
+        if (ack.id !== msg.id || seen.has(ack.agentId)) continue;
+        seen.add(ack.agentId);
+        acks.push(ack);
+      } catch {
+        // a malformed ack counts as no ack
+      }
+    }
+  } catch (err) {
+    // No responders simply means nobody was listening: an empty ack list.
+    if (!/no responders/i.test(String((err as Error).message))) throw err;
+  }
+  return acks;
+}

@@ -1,0 +1,94 @@
+import type { NatsConnection } from '@nats-io/transport-node';
+import {
+  jetstreamManager,
+  RetentionPolicy,
+  StorageType,
+  type JetStreamManager,
+  type StreamConfig,
+} from '@nats-io/jetstream';
+import { Kvm, type KV } from '@nats-io/kv';
+import { Buckets, Streams, UnavailableError, type Subjects } from '@reins/protocol';
+
+/** Retention of the trace stream. */
+export interface TraceRetention {
+  /** Oldest event kept, in milliseconds (default 7 days). */
+  maxAgeMs?: number;
+  /** Largest stream size in bytes (default 1 GiB). */
+  maxBytes?: number;
+}
+
+const nanos = (ms: number) => ms * 1_000_000;
+
+/** Creates (or updates) the `REINS_TRACE` stream. Idempotent. */
+export async function ensureTraceStream(
+  jsm: JetStreamManager,
+  subjects: Subjects,
+  retention: TraceRetention = {},
+): Promise<void> {
+  const config = {
+    name: Streams.trace,
+    subjects: [subjects.traceAll],
+    storage: StorageType.File,
+    max_age: nanos(retention.maxAgeMs ?? 7 * 24 * 3600_000),
+    max_bytes: retention.maxBytes ?? 1024 * 1024 * 1024,
+  };
+  await upsertStream(jsm, config);
+}
+
+/** Creates (or updates) the `REINS_TASKS` work-queue stream. Idempotent. */
+export async function ensureTaskStream(jsm: JetStreamManager, subjects: Subjects): Promise<void> {
+  await upsertStream(jsm, {
+    name: Streams.tasks,
+    subjects: [subjects.taskAll],
+    storage: StorageType.File,
+    retention: RetentionPolicy.Workqueue,
+    duplicate_window: nanos(120_000),
+  });
+}
+
+async function upsertStream(
+  jsm: JetStreamManager,
+  config: Partial<StreamConfig> & { name: string },
+): Promise<void> {
+  try {
+    await jsm.streams.info(config.name);
+    await jsm.streams.update(config.name, config);
+  } catch (err) {
+    if (!/not found/i.test((err as Error).message)) throw err;
+    try {
+      await jsm.streams.add(config);
+    } catch (addErr) {
+      // Another process created it between our info and add.
+      if (!/already in use|exists/i.test((addErr as Error).message)) throw addErr;
+    }
+  }
+}
+
+/** Opens a KV bucket, creating it when missing. Throws `UnavailableError` when JetStream cannot be reached. */
+export async function openBucket(
+  nc: NatsConnection,
+  name: string,
+  options: { history?: number } = {},
+): Promise<KV> {
+  try {
+    const kvm = new Kvm(nc);
+    return await kvm.create(name, { history: options.history ?? 1, storage: StorageType.File });
+  } catch (cause) {
+    throw new UnavailableError(`cannot open KV bucket ${name}: is JetStream enabled?`, { cause });
+  }
+}
+
+/** Every bucket Reins uses. */
+export const ALL_BUCKETS = Object.values(Buckets);
+
+/** Creates every Reins stream and bucket. The supervisor calls it on start; tests may too. */
+export async function ensureInfrastructure(
+  nc: NatsConnection,
+  subjects: Subjects,
+  retention: TraceRetention = {},
+): Promise<void> {
+  const jsm = await jetstreamManager(nc);
+  await ensureTraceStream(jsm, subjects, retention);
+  await ensureTaskStream(jsm, subjects);
+  await Promise.all(ALL_BUCKETS.map((b) => openBucket(nc, b)));
+}

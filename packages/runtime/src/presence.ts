@@ -1,0 +1,53 @@
+import { Heartbeat, decode } from '@reins/protocol';
+import type { Runtime } from './runtime.js';
+
+/** An agent as seen in the presence bucket. `status` is `lost` when its heartbeat expired. */
+export interface AgentPresence extends Heartbeat {
+  /** Milliseconds since its last heartbeat. */
+  ageMs: number;
+}
+
+/**
+ * Lists agents from KV `reins_agents`. Agents whose heartbeat expired are marked `lost`
+ * (nats-server 2.9 has no per-key TTL, so expiry lives in the value). Unreadable entries are
+ * skipped. `includeStopped` keeps agents that stopped cleanly.
+ */
+export async function listAgents(
+  runtime: Runtime,
+  options: { now?: number; includeStopped?: boolean; includeLost?: boolean } = {},
+): Promise<AgentPresence[]> {
+  const kv = await runtime.agentsBucket();
+  const now = options.now ?? Date.now();
+  const keys: string[] = [];
+  for await (const k of await kv.keys()) keys.push(k);
+  const entries = await Promise.all(keys.map((k) => kv.get(k)));
+  const out: AgentPresence[] = [];
+  for (const e of entries) {
+    if (!e || e.operation !== 'PUT' || e.value.length === 0) continue;
+    let hb: Heartbeat;
+    try {
+      hb = decode(Heartbeat, e.value, { name: 'heartbeat' });
+    } catch {
+      continue;
+    }
+    const lost = hb.expiresAt < now && hb.status !== 'stopped';
+    if (lost && options.includeLost === false) continue;
+    if (hb.status === 'stopped' && !options.includeStopped) continue;
+    out.push({ ...hb, status: lost ? 'lost' : hb.status, ageMs: now - hb.ts });
+  }
+  return out.sort((a, b) => a.role.localeCompare(b.role) || a.agentId.localeCompare(b.agentId));
+}
+
+/** Deletes presence entries of agents lost for longer than `olderThanMs`. Returns their ids. */
+export async function purgeLostAgents(
+  runtime: Runtime,
+  olderThanMs: number,
+  now = Date.now(),
+): Promise<string[]> {
+  const kv = await runtime.agentsBucket();
+  const lost = (await listAgents(runtime, { now, includeStopped: true })).filter(
+    (a) => (a.status === 'lost' || a.status === 'stopped') && now - a.ts > olderThanMs,
+  );
+  await Promise.all(lost.map((a) => kv.delete(a.agentId)));
+  return lost.map((a) => a.agentId);
+}

@@ -1,0 +1,247 @@
+import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
+import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
+import type { KV } from '@nats-io/kv';
+import {
+  AbortedError,
+  Buckets,
+  DEFAULT_MAX_PAYLOAD_BYTES,
+  UnavailableError,
+  createSubjects,
+  encode,
+  type Subjects,
+} from '@reins/protocol';
+import type { z } from 'zod';
+import { Actor, type ActorDefinition } from './actor.js';
+import { HaltMarkers } from './halt-markers.js';
+import { ensureInfrastructure, openBucket, type TraceRetention } from './infrastructure.js';
+import { createLogger, type Logger } from './logger.js';
+import { mapTransportError } from './transport-errors.js';
+import { decodeReply, payloadHeaders } from './wire.js';
+
+/** Options of `Runtime.connect`. */
+export interface RuntimeOptions {
+  /** NATS server URL(s). Default `NATS_URL` or `nats://127.0.0.1:4222`. */
+  servers?: string | string[];
+  /** Subject prefix (default `reins.v1`, or `REINS_PREFIX`). */
+  prefix?: string;
+  /** Connection name shown by the server. */
+  name?: string;
+  logger?: Logger;
+  /** Largest payload accepted or sent (default 1 MiB). */
+  maxPayloadBytes?: number;
+  /** Extra NATS connection options (credentials, TLS…). */
+  connection?: Partial<ConnectionOptions>;
+  /**
+   * Create the Reins streams and buckets when missing (default true). Turn it off where the
+   * actor's NATS user may not manage JetStream (secure mode); the supervisor creates them.
+   */
+  ensureInfrastructure?: boolean;
+  traceRetention?: TraceRetention;
+  /** Heartbeat interval of every actor on this runtime (default 2 s). */
+  heartbeatMs?: number;
+}
+
+/** Options of `Runtime.request`. */
+export interface RequestOptions {
+  /** Give up after this many milliseconds (default 5 s): `TimeoutError`. */
+  timeoutMs?: number;
+  /** Abort the wait: `AbortedError`. */
+  signal?: AbortSignal;
+}
+
+/**
+ * One NATS connection shared by every actor in a process. It owns the subject builder, the
+ * logger, the halt markers and the heartbeat timer; `start()` runs actors on it. Dispose it
+ * (`await using`) to stop its actors and drain the connection.
+ */
+export class Runtime implements AsyncDisposable {
+  readonly nc: NatsConnection;
+  readonly js: JetStreamClient;
+  readonly subjects: Subjects;
+  readonly logger: Logger;
+  readonly maxPayloadBytes: number;
+  readonly heartbeatMs: number;
+  readonly actors = new Set<Actor>();
+  #connected = true;
+  #halts: Promise<HaltMarkers> | undefined;
+  #agents: Promise<KV> | undefined;
+  #closed = false;
+
+  private constructor(nc: NatsConnection, options: RuntimeOptions, logger: Logger) {
+    this.nc = nc;
+    this.js = jetstream(nc, { timeout: 5000 });
+    this.subjects = createSubjects(options.prefix ?? process.env['REINS_PREFIX'] ?? undefined);
+    this.logger = logger;
+    this.maxPayloadBytes = options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
+    this.heartbeatMs = options.heartbeatMs ?? 2000;
+    void this.#watchStatus();
+  }
+
+  /**
+   * Connects to NATS (reconnecting forever after the first success) and prepares the
+   * infrastructure. Throws `UnavailableError` when NATS cannot be reached: fail closed.
+   */
+  static async connect(options: RuntimeOptions = {}): Promise<Runtime> {
+    const logger = options.logger ?? createLogger();
+    const servers = options.servers ?? process.env['NATS_URL'] ?? 'nats://127.0.0.1:4222';
+    let nc: NatsConnection;
+    try {
+      nc = await connect({
+        servers,
+        name: options.name ?? 'reins',
+        maxReconnectAttempts: -1,
+        reconnectTimeWait: 250,
+        pingInterval: 10_000,
+        ...options.connection,
+      });
+    } catch (cause) {
+      throw new UnavailableError(
+        `cannot connect to NATS at ${String(servers)}: is nats-server running? (set NATS_URL)`,
+        {
+          cause,
+        },
+      );
+    }
+    const runtime = new Runtime(nc, options, logger);
+    if (options.ensureInfrastructure ?? true) {
+      try {
+        await ensureInfrastructure(nc, runtime.subjects, options.traceRetention);
+      } catch (cause) {
+        await nc.close();
+        throw new UnavailableError(
+          'cannot create Reins streams and buckets: is JetStream enabled (nats-server -js)?',
+          {
+            cause,
+          },
+        );
+      }
+    }
+    return runtime;
+  }
+
+  /** False while the connection to NATS is down (actors report it as degraded). */
+  get connected(): boolean {
+    return this.#connected && !this.nc.isClosed();
+  }
+
+  async #watchStatus(): Promise<void> {
+    for await (const s of this.nc.status()) {
+      if (s.type === 'disconnect') {
+        this.#connected = false;
+        this.logger.warn({ server: s.server }, 'NATS disconnected; reconnecting');
+      } else if (s.type === 'reconnect') {
+        this.#connected = true;
+        this.logger.info({ server: s.server }, 'NATS reconnected');
+      }
+    }
+  }
+
+  /** Halt markers, loaded once per runtime and kept current by a KV watch. */
+  halts(): Promise<HaltMarkers> {
+    this.#halts ??= openBucket(this.nc, Buckets.halts).then((kv) =>
+      HaltMarkers.load(kv, this.logger),
+    );
+    this.#halts.catch(() => (this.#halts = undefined));
+    return this.#halts;
+  }
+
+  /** The presence bucket (`reins_agents`). */
+  agentsBucket(): Promise<KV> {
+    this.#agents ??= openBucket(this.nc, Buckets.agents);
+    this.#agents.catch(() => (this.#agents = undefined));
+    return this.#agents;
+  }
+
+  /** Starts an actor on this runtime; resolves once it is running (or throws, fail closed). */
+  async start(definition: ActorDefinition): Promise<Actor> {
+    if (this.#closed) throw new UnavailableError('runtime is closed');
+    const actor = new Actor(this, definition);
+    this.actors.add(actor);
+    try {
+      await actor.start();
+    } catch (err) {
+      this.actors.delete(actor);
+      throw err;
+    }
+    return actor;
+  }
+
+  /**
+   * A typed request: validates and encodes `payload` with `requestSchema`, waits for the reply
+   * and decodes it with `responseSchema`. A remote error is rethrown as its class
+   * (`BudgetExceededError`…); no responder is `UnavailableError`; no answer in time `TimeoutError`.
+   */
+  async request<Req extends z.ZodType, Res extends z.ZodType>(
+    subject: string,
+    requestSchema: Req,
+    responseSchema: Res,
+    payload: z.input<Req>,
+    options: RequestOptions = {},
+  ): Promise<z.output<Res>> {
+    const data = encode(requestSchema, payload, { maxPayloadBytes: this.maxPayloadBytes });
+    const signal = options.signal;
+    if (signal?.aborted)
+      throw new AbortedError('request aborted before it was sent', { cause: signal.reason });
+    const pending = this.nc.request(subject, data, {
+      timeout: options.timeoutMs ?? 5000,
+      headers: payloadHeaders(requestSchema),
+    });
+    let msg;
+    try {
+      if (signal) {
+        let onAbort: (() => void) | undefined;
+        const aborted = new Promise<never>((_, reject) => {
+          onAbort = () => reject(new AbortedError('request aborted', { cause: signal.reason }));
+          signal.addEventListener('abort', onAbort, { once: true });
+        });
+        pending.catch(() => undefined);
+        try {
+          msg = await Promise.race([pending, aborted]);
+        } finally {
+          if (onAbort) signal.removeEventListener('abort', onAbort);
+        }
+      } else {
+        msg = await pending;
+      }
+    } catch (err) {
+      throw mapTransportError(err, subject);
+    }
+    return decodeReply(msg, responseSchema, { maxPayloadBytes: this.maxPayloadBytes });
+  }
+
+  /** Publishes a typed message without waiting (fire-and-forget). Invalid payloads throw. */
+  publish<S extends z.ZodType>(
+    subject: string,
+    schema: S,
+    payload: z.input<S>,
+    options: { reply?: string } = {},
+  ): void {
+    const data = encode(schema, payload, { maxPayloadBytes: this.maxPayloadBytes });
+    this.nc.publish(subject, data, {
+      headers: payloadHeaders(schema),
+      ...(options.reply ? { reply: options.reply } : {}),
+    });
+  }
+
+  /**
+   * Stops every actor (finishing or aborting their work within `deadlineMs`) and drains the
+   * connection. Returns how many units of work were abandoned.
+   */
+  async close(deadlineMs = 5000): Promise<{ abandoned: number }> {
+    if (this.#closed) return { abandoned: 0 };
+    this.#closed = true;
+    const results = await Promise.all([...this.actors].map((a) => a.stop({ deadlineMs })));
+    const halts = await this.#halts?.catch(() => undefined);
+    halts?.stop();
+    try {
+      await this.nc.drain();
+    } catch {
+      await this.nc.close().catch(() => undefined);
+    }
+    return { abandoned: results.reduce((n, r) => n + r.abandoned, 0) };
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close().then(() => undefined);
+  }
+}

@@ -1,0 +1,228 @@
+import { z } from 'zod';
+import { parse } from '@reins/protocol';
+
+// Pure stop conditions: state in, state out. The caller keeps the state (per run, in KV next
+// to the run record) and writes it back with CAS. Every collection in the state is bounded,
+// so a run that lives for days keeps a small record.
+
+const PositiveInt = z.number().int().positive();
+
+/** Breaker settings; every field has a default, so `BreakerConfig.parse({})` is a usable config. */
+export const BreakerConfig = z
+  .object({
+    /** Most actions (steps) a run may take; the next one trips `steps`. */
+    maxSteps: PositiveInt.max(1_000_000).default(100),
+    /** Wall-time limit of a run from `startedAt`; absent = none. */
+    wallMs: PositiveInt.optional(),
+    /** The same action (tool + argsHash) K times within the window trips `repeat`. */
+    repeat: z
+      .object({ k: PositiveInt.max(1000).default(3), windowMs: PositiveInt.default(600_000) })
+      .default({ k: 3, windowMs: 600_000 }),
+    /** N observations in a row that were all seen before trip `no_progress`. */
+    noProgress: z.object({ steps: PositiveInt.max(100_000).default(8) }).default({ steps: 8 }),
+    /** Spend above `usdPerMinute` over the sliding window trips `velocity`; absent = off. */
+    velocity: z
+      .object({ usdPerMinute: z.number().positive(), windowMs: PositiveInt.default(60_000) })
+      .optional(),
+    /** How many distinct observation hashes and action keys are remembered (default 1024 / 256). */
+    maxObservations: PositiveInt.max(100_000).default(1024),
+    maxActionKeys: PositiveInt.max(10_000).default(256),
+  })
+  .strict();
+export type BreakerConfig = z.infer<typeof BreakerConfig>;
+
+/** Names of the breakers. */
+export const BreakerName = z.enum(['steps', 'wall_time', 'repeat', 'no_progress', 'velocity']);
+export type BreakerName = z.infer<typeof BreakerName>;
+
+/** Why a breaker tripped. */
+export const BreakerTrip = z.object({ breaker: BreakerName, reason: z.string() });
+export type BreakerTrip = z.infer<typeof BreakerTrip>;
+
+/** Persisted breaker state of one run (JSON-safe; parse it back with this schema). */
+export const BreakerState = z.object({
+  startedAt: z.number().int().nonnegative(),
+  steps: z.number().int().nonnegative(),
+  /** action key → times it was recorded within the repeat window (most recent last). */
+  actions: z.record(z.string(), z.array(z.number())),
+  /** Observation hashes seen, oldest first. */
+  seen: z.array(z.string()),
+  /** Observations in a row that brought nothing new. */
+  stale: z.number().int().nonnegative(),
+  /** Spend per time bucket: [bucketStart, usd]. */
+  spend: z.array(z.tuple([z.number(), z.number()])),
+  /** Set once a breaker tripped; breakers stay tripped. */
+  tripped: BreakerTrip.optional(),
+});
+export type BreakerState = z.infer<typeof BreakerState>;
+
+/** What every `record…` function returns. */
+export interface BreakerResult {
+  state: BreakerState;
+  trip?: BreakerTrip;
+}
+
+/** Fresh state of a run that starts at `now`. */
+export function initBreakerState(now: number): BreakerState {
+  return { startedAt: now, steps: 0, actions: {}, seen: [], stale: 0, spend: [] };
+}
+
+/** Parses a config (defaults applied); throws a `ProtocolError` naming bad fields. */
+export function breakerConfig(input: z.input<typeof BreakerConfig> = {}): BreakerConfig {
+  return parse(BreakerConfig, input, 'breaker config');
+}
+
+const DEFAULTS = breakerConfig();
+
+function result(state: BreakerState, trip?: BreakerTrip): BreakerResult {
+  if (!trip) return { state };
+  const tripped = state.tripped ?? trip;
+  return { state: { ...state, tripped }, trip: tripped };
+}
+
+function wallTrip(
+  state: BreakerState,
+  now: number,
+  config: BreakerConfig,
+): BreakerTrip | undefined {
+  if (config.wallMs !== undefined && now - state.startedAt > config.wallMs) {
+    return {
+      breaker: 'wall_time',
+      reason: `run exceeded its wall time of ${config.wallMs} ms`,
+    };
+  }
+  return undefined;
+}
+
+/**
+ * Checks the run deadline alone (for a periodic sweep): trips `wall_time` once `now` is past
+ * `startedAt + wallMs`.
+ */
+export function checkDeadline(
+  state: BreakerState,
+  now: number,
+  config: BreakerConfig = DEFAULTS,
+): BreakerResult {
+  if (state.tripped) return { state, trip: state.tripped };
+  return result(state, wallTrip(state, now, config));
+}
+
+/**
+ * Records one action (a step: a tool call or model call) before it runs. Trips `steps` on the
+ * action after the `maxSteps`-th, `repeat` on the K-th identical action (same tool and
+ * argsHash) within the window, and `wall_time` past the deadline. A tripped state stays
+ * tripped and every later call returns the first trip.
+ */
+export function recordAction(
+  state: BreakerState,
+  action: { tool: string; argsHash: string; now: number },
+  config: BreakerConfig = DEFAULTS,
+): BreakerResult {
+  if (state.tripped) return { state, trip: state.tripped };
+  const { now } = action;
+  const steps = state.steps + 1;
+  const key = `${action.tool}:${action.argsHash}`;
+  const horizon = now - config.repeat.windowMs;
+  let actions: Record<string, number[]> = {};
+  for (const [k, times] of Object.entries(state.actions)) {
+    const kept = times.filter((t) => t > horizon);
+    if (kept.length > 0) actions[k] = kept;
+  }
+  // Only the last K-1 times matter to detect the K-th repeat.
+  const times = [...(actions[key] ?? []), now].slice(-config.repeat.k);
+  actions[key] = times;
+  const keys = Object.keys(actions);
+  if (keys.length > config.maxActionKeys) {
+    // Forget the keys whose last use is oldest.
+    const keep = new Set(
+      keys
+        .sort((a, b) => (actions[b]?.at(-1) ?? 0) - (actions[a]?.at(-1) ?? 0))
+        .slice(0, config.maxActionKeys),
+    );
+    keep.add(key);
+    actions = Object.fromEntries(Object.entries(actions).filter(([k]) => keep.has(k)));
+  }
+  const next: BreakerState = { ...state, steps, actions };
+  const wall = wallTrip(next, now, config);
+  if (wall) return result(next, wall);
+  if (steps > config.maxSteps) {
+    return result(next, {
+      breaker: 'steps',
+      reason: `step ${steps} is over the cap of ${config.maxSteps}`,
+    });
+  }
+  if (times.length >= config.repeat.k) {
+    return result(next, {
+      breaker: 'repeat',
+      reason: `${action.tool} with the same arguments ${times.length} times within ${config.repeat.windowMs} ms`,
+    });
+  }
+  return { state: next };
+}
+
+/**
+ * Records what a step observed (a hash of its result). An observation never seen before
+ * resets the count; `noProgress.steps` observations in a row that were all seen before trip
+ * `no_progress`. Only the last `maxObservations` hashes are remembered.
+ */
+export function recordObservation(
+  state: BreakerState,
+  observation: { hash: string; now: number },
+  config: BreakerConfig = DEFAULTS,
+): BreakerResult {
+  if (state.tripped) return { state, trip: state.tripped };
+  const isNew = !state.seen.includes(observation.hash);
+  const seen = isNew
+    ? [...state.seen, observation.hash].slice(-config.maxObservations)
+    : state.seen;
+  const stale = isNew ? 0 : state.stale + 1;
+  const next: BreakerState = { ...state, seen, stale };
+  const wall = wallTrip(next, observation.now, config);
+  if (wall) return result(next, wall);
+  if (stale >= config.noProgress.steps) {
+    return result(next, {
+      breaker: 'no_progress',
+      reason: `${stale} steps in a row observed nothing new`,
+    });
+  }
+  return { state: next };
+}
+
+/**
+ * Records spend (USD) at `now`. With `velocity` configured, trips `velocity` when the spend
+ * within the sliding window, per minute of window, exceeds `usdPerMinute`. Spend is kept in
+ * at most 60 time buckets per window.
+ */
+export function recordSpend(
+  state: BreakerState,
+  spend: { usd: number; now: number },
+  config: BreakerConfig = DEFAULTS,
+): BreakerResult {
+  if (state.tripped) return { state, trip: state.tripped };
+  if (!Number.isFinite(spend.usd) || spend.usd < 0) return { state };
+  const v = config.velocity;
+  const next: BreakerState = { ...state };
+  if (v) {
+    const bucketMs = Math.max(1, Math.floor(v.windowMs / 60));
+    const bucket = spend.now - (spend.now % bucketMs);
+    const horizon = spend.now - v.windowMs;
+    const kept = state.spend
+      .filter(([t]) => t + bucketMs > horizon)
+      .map(([t, u]) => [t, u] as [number, number]);
+    const last = kept.at(-1);
+    if (last && last[0] === bucket) last[1] += spend.usd;
+    else kept.push([bucket, spend.usd]);
+    next.spend = kept;
+    const total = kept.reduce((a, [, u]) => a + u, 0);
+    const perMinute = (total * 60_000) / v.windowMs;
+    if (perMinute > v.usdPerMinute) {
+      return result(next, {
+        breaker: 'velocity',
+        reason: `spending $${perMinute.toFixed(4)}/min over the last ${v.windowMs} ms (limit $${v.usdPerMinute}/min)`,
+      });
+    }
+  }
+  const wall = wallTrip(next, spend.now, config);
+  if (wall) return result(next, wall);
+  return { state: next };
+}

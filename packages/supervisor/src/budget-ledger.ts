@@ -1,0 +1,810 @@
+import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
+import { Kvm, type KV } from '@nats-io/kv';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { z } from 'zod';
+import { Budget, Buckets, ReinsError, Usage, assertId, parse } from '@reins/protocol';
+import { ConflictError, ProtocolError, UnavailableError } from '@reins/protocol';
+import { backoffDelay, sleep } from './backoff.js';
+
+// Ledger layout (JetStream KV, history 1, CAS on every write):
+//
+//   bucket `reins_budget`, one key per scope (`run.<id>`, `agent.<id>`, `role.<id>`,
+//   `tenant.<id>`, `global`), value = JSON ScopeDoc:
+//     { v: 1, cap: Budget, committed: Amount,
+//       reservations: { [grantId | "carve:<child>"]: { amount: Amount, expiresAt: ms | null } },
+//       settled: grantId[]  (ring of the last N settles applied to this scope),
+//       sealed?: { used: Amount } }                      (a released child carve)
+//   bucket `reins_budget_grants` (bucket TTL = retention), one key per grant id, value = JSON
+//     { scopes: string[], amount: Amount, expiresAt, state: 'reserved' | 'settled', actual? }
+//
+// USD is stored as integer micro-dollars so sums are exact. A reservation is taken on each
+// scope in sorted key order, each with its own CAS; a CAS write only succeeds when the scope
+// still satisfies committed + reserved + amount <= cap, so the invariant holds on every key at
+// every revision no matter how many ledgers write. A denial on a later scope rolls back the
+// earlier ones; a crash mid-way leaves reservations that expire with their lease.
+
+/** A budget dimension the ledger enforces. Wall time is a run deadline, checked by breakers. */
+export type BudgetDimension = 'usd' | 'tokens' | 'inputTokens' | 'outputTokens' | 'steps';
+
+const DIMENSIONS: readonly BudgetDimension[] = [
+  'usd',
+  'tokens',
+  'inputTokens',
+  'outputTokens',
+  'steps',
+];
+
+const MICROS = 1_000_000;
+const Int = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+
+const Amount = z.object({
+  usdMicros: Int,
+  tokens: Int,
+  inputTokens: Int,
+  outputTokens: Int,
+  steps: Int,
+});
+type Amount = z.infer<typeof Amount>;
+
+const Reservation = z.object({ amount: Amount, expiresAt: z.number().int().nullable() });
+
+const ScopeDoc = z.object({
+  v: z.literal(1),
+  cap: Budget,
+  committed: Amount,
+  reservations: z.record(z.string(), Reservation),
+  settled: z.array(z.string()),
+  sealed: z.object({ used: Amount }).optional(),
+});
+type ScopeDoc = z.infer<typeof ScopeDoc>;
+
+const GrantRecord = z.object({
+  scopes: z.array(z.string()).min(1),
+  amount: Amount,
+  expiresAt: z.number().int(),
+  state: z.enum(['reserved', 'settled']),
+  actual: Amount.optional(),
+  settledAt: z.number().int().optional(),
+});
+type GrantRecord = z.infer<typeof GrantRecord>;
+
+/** An amount in user units: dollars, tokens (input + output), input/output tokens and steps. */
+export interface LedgerAmount {
+  usd: number;
+  tokens: number;
+  inputTokens: number;
+  outputTokens: number;
+  steps: number;
+}
+
+/** What `reserve` and `carve` answer. A denial names the scope and dimension that refused. */
+export type ReserveResult =
+  | { ok: true; expiresAt: number | null }
+  | {
+      ok: false;
+      scope: string;
+      /** `sealed`: the scope is a child carve that was already released. */
+      dimension: BudgetDimension | 'sealed';
+      cap: number;
+      /** committed + reserved + amount on that dimension, had it been admitted. */
+      wouldBe: number;
+    };
+
+/** What `settle` answers. */
+export interface SettleResult {
+  /** True when the grant is (now or already) settled; false for an unknown grant id. */
+  settled: boolean;
+  /** True when an earlier settle of the same grant already counted. */
+  duplicate: boolean;
+  /** True when a reservation had already been reaped on some scope (the spend still counts). */
+  reaped: boolean;
+  /** Dimensions where the actual exceeded the reservation, by how much (user units). */
+  overshoot?: Partial<LedgerAmount>;
+}
+
+/** A ledger scope's state, for reporting. */
+export interface ScopeReport {
+  scope: string;
+  cap: Budget;
+  committed: LedgerAmount;
+  reserved: LedgerAmount;
+  /** Number of open reservations (including child carves). */
+  reservations: number;
+  sealed: boolean;
+}
+
+/** An expired reservation removed by `reap`. */
+export interface ReapedReservation {
+  scope: string;
+  grantId: string;
+  amount: LedgerAmount;
+  expiresAt: number;
+}
+
+/** What `releaseCarve` answers. */
+export interface ReleaseCarveResult {
+  /** False when the carve was already released (or never existed). */
+  released: boolean;
+  /** What the child used (committed plus still-open reservations at release). */
+  used: LedgerAmount;
+  /** What went back to the parent: carved minus used, never negative. */
+  returned: LedgerAmount;
+}
+
+/** Options of `BudgetLedger.open`. */
+export interface BudgetLedgerOptions {
+  /** Scope bucket (default `reins_budget`). */
+  bucket?: string;
+  /** Grant record bucket (default `reins_budget_grants`). */
+  grantsBucket?: string;
+  /** How long grant records are kept for settle dedupe and late settles (default 7 days). */
+  grantRetentionMs?: number;
+  /** Timeout of each KV operation (default 2000 ms). */
+  opTimeoutMs?: number;
+  /** CAS attempts per scope write before giving up with a ConflictError (default 100). */
+  maxAttempts?: number;
+  /** Upper bound of the time spent retrying one scope write (default 5000 ms). */
+  casDeadlineMs?: number;
+  /** Settled grant ids remembered per scope for dedupe of concurrent settles (default 128). */
+  settledRing?: number;
+  /** KV replicas when the buckets are created (default 1). */
+  replicas?: number;
+  /** Clock (default `Date.now`). */
+  now?: () => number;
+}
+
+/** A running reaper; stop it (or `await using`) to end the loop. */
+export interface Reaper extends AsyncDisposable {
+  stop(): Promise<void>;
+}
+
+/** Options of `BudgetLedger.startReaper`. */
+export interface ReaperOptions {
+  /** Called with every non-empty batch of reaped reservations (audit them). */
+  onReaped?: (reaped: ReapedReservation[]) => void;
+  /** Called when a reap pass fails (the next pass retries). */
+  onError?: (err: unknown) => void;
+}
+
+/** Parameters of `reserve`. */
+export interface ReserveRequest {
+  grantId: string;
+  /** Scope keys: `run.<id>`, `agent.<id>`, `role.<id>`, `tenant.<id>`, `global`. */
+  scopes: readonly string[];
+  amount: z.input<typeof Usage>;
+  /** How long the reservation lives unsettled before the reaper may return it. */
+  leaseMs: number;
+}
+
+/** Parts of a step that map to ledger scopes. */
+export interface ScopeParts {
+  runId?: string;
+  agentId?: string;
+  role?: string;
+  tenant?: string;
+  /** Include the `global` scope (default true). */
+  global?: boolean;
+}
+
+const SCOPE_PATTERN = /^(?:(?:run|agent|role|tenant)\.[A-Za-z0-9_-]{1,64}|global)$/;
+const MAX_LEASE_MS = 24 * 3600_000;
+const GRANTS_BUCKET = Buckets.budgetGrants;
+const CACHE_MAX = 4096;
+
+/** Returns `scope` when it is a valid ledger scope key; throws a `ProtocolError` otherwise. */
+export function assertBudgetScope(scope: unknown): string {
+  if (typeof scope !== 'string' || !SCOPE_PATTERN.test(scope)) {
+    const shown = typeof scope === 'string' ? JSON.stringify(scope.slice(0, 80)) : typeof scope;
+    throw new ProtocolError(
+      `invalid budget scope ${shown}: expected run.<id>, agent.<id>, role.<id>, tenant.<id> or global`,
+      { details: { field: 'scope' } },
+    );
+  }
+  return scope;
+}
+
+/** The sorted ledger scope keys of a step (`run.<id>`, `agent.<id>`, …, `global`). Ids are validated. */
+export function budgetScopes(parts: ScopeParts): string[] {
+  const out: string[] = [];
+  if (parts.runId !== undefined) out.push(`run.${assertId(parts.runId, 'runId')}`);
+  if (parts.agentId !== undefined) out.push(`agent.${assertId(parts.agentId, 'agentId')}`);
+  if (parts.role !== undefined) out.push(`role.${assertId(parts.role, 'role')}`);
+  if (parts.tenant !== undefined) out.push(`tenant.${assertId(parts.tenant, 'tenant')}`);
+  if (parts.global !== false) out.push('global');
+  return out.sort();
+}
+
+const zero = (): Amount => ({ usdMicros: 0, tokens: 0, inputTokens: 0, outputTokens: 0, steps: 0 });
+
+function add(a: Amount, b: Amount): Amount {
+  return {
+    usdMicros: a.usdMicros + b.usdMicros,
+    tokens: a.tokens + b.tokens,
+    inputTokens: a.inputTokens + b.inputTokens,
+    outputTokens: a.outputTokens + b.outputTokens,
+    steps: a.steps + b.steps,
+  };
+}
+
+function subClip(a: Amount, b: Amount): Amount {
+  return {
+    usdMicros: Math.max(0, a.usdMicros - b.usdMicros),
+    tokens: Math.max(0, a.tokens - b.tokens),
+    inputTokens: Math.max(0, a.inputTokens - b.inputTokens),
+    outputTokens: Math.max(0, a.outputTokens - b.outputTokens),
+    steps: Math.max(0, a.steps - b.steps),
+  };
+}
+
+function fromUsage(input: unknown, name: string): Amount {
+  const u = parse(Usage, input, name);
+  return {
+    usdMicros: Math.round(u.usd * MICROS),
+    tokens: u.inputTokens + u.outputTokens,
+    inputTokens: u.inputTokens,
+    outputTokens: u.outputTokens,
+    steps: u.steps,
+  };
+}
+
+function fromBudget(b: Budget): Amount {
+  return {
+    usdMicros: Math.round((b.usd ?? 0) * MICROS),
+    tokens: b.tokens ?? 0,
+    inputTokens: b.inputTokens ?? 0,
+    outputTokens: b.outputTokens ?? 0,
+    steps: b.steps ?? 0,
+  };
+}
+
+function toUser(a: Amount): LedgerAmount {
+  return {
+    usd: a.usdMicros / MICROS,
+    tokens: a.tokens,
+    inputTokens: a.inputTokens,
+    outputTokens: a.outputTokens,
+    steps: a.steps,
+  };
+}
+
+/** Value of a dimension in internal units. */
+function dim(a: Amount, d: BudgetDimension): number {
+  return d === 'usd' ? a.usdMicros : a[d];
+}
+
+/** A cap in internal units, or undefined when the dimension is unlimited. */
+function capOf(cap: Budget, d: BudgetDimension): number | undefined {
+  if (d === 'usd') return cap.usd === undefined ? undefined : Math.round(cap.usd * MICROS);
+  return cap[d];
+}
+
+const userUnits = (d: BudgetDimension, v: number) => (d === 'usd' ? v / MICROS : v);
+
+function reservedOf(doc: ScopeDoc): Amount {
+  let sum = zero();
+  for (const r of Object.values(doc.reservations)) sum = add(sum, r.amount);
+  return sum;
+}
+
+function without<V>(rec: Record<string, V>, keys: readonly string[]): Record<string, V> {
+  return Object.fromEntries(Object.entries(rec).filter(([k]) => !keys.includes(k)));
+}
+
+function emptyDoc(): ScopeDoc {
+  return { v: 1, cap: {}, committed: zero(), reservations: {}, settled: [] };
+}
+
+function cloneDoc(doc: ScopeDoc): ScopeDoc {
+  return {
+    ...doc,
+    committed: { ...doc.committed },
+    reservations: { ...doc.reservations },
+    settled: [...doc.settled],
+  };
+}
+
+type Fit = { ok: true } | Extract<ReserveResult, { ok: false }>;
+
+function fits(scope: string, doc: ScopeDoc, amount: Amount): Fit {
+  if (doc.sealed) return { ok: false, scope, dimension: 'sealed', cap: 0, wouldBe: 0 };
+  const reserved = reservedOf(doc);
+  for (const d of DIMENSIONS) {
+    const cap = capOf(doc.cap, d);
+    const want = dim(amount, d);
+    if (cap === undefined || want === 0) continue;
+    const wouldBe = dim(doc.committed, d) + dim(reserved, d) + want;
+    if (wouldBe > cap) {
+      return {
+        ok: false,
+        scope,
+        dimension: d,
+        cap: userUnits(d, cap),
+        wouldBe: userUnits(d, wouldBe),
+      };
+    }
+  }
+  return { ok: true };
+}
+
+function isCasConflict(err: unknown): boolean {
+  if (typeof err !== 'object' || err === null) return false;
+  const code = (err as { code?: unknown }).code;
+  if (code === 10071 || code === 10164) return true;
+  return err instanceof Error && /wrong last sequence/i.test(err.message);
+}
+
+function unavailable(what: string, cause: unknown): ReinsError {
+  if (cause instanceof ReinsError) return cause;
+  return new UnavailableError(`budget ledger unavailable: ${what}`, { cause });
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+interface Snapshot {
+  doc: ScopeDoc | null;
+  /** KV revision, 0 when the key does not exist (or was deleted: create handles that). */
+  rev: number;
+}
+
+type Mutation<T> = { result: T; write?: ScopeDoc };
+
+/**
+ * Budget ledger over JetStream KV with compare-and-set: reserve before spend, settle after,
+ * reap what crashed holders left behind. Any number of ledgers (processes, connections) may
+ * share the buckets. Every KV failure surfaces as a retryable `UnavailableError` — callers deny
+ * (fail closed). Pass a connection opened with `noAsyncTraces: true` for speed.
+ */
+export class BudgetLedger {
+  readonly #kv: KV;
+  readonly #grants: KV;
+  readonly #cache = new Map<string, { doc: ScopeDoc; rev: number }>();
+  readonly #maxAttempts: number;
+  readonly #casDeadlineMs: number;
+  readonly #ring: number;
+  readonly #now: () => number;
+
+  private constructor(kv: KV, grants: KV, options: BudgetLedgerOptions) {
+    this.#kv = kv;
+    this.#grants = grants;
+    this.#maxAttempts = options.maxAttempts ?? 100;
+    this.#casDeadlineMs = options.casDeadlineMs ?? 5_000;
+    this.#ring = options.settledRing ?? 128;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /**
+   * Opens (creating when missing) the ledger buckets on a connection. Throws an
+   * `UnavailableError` when JetStream cannot be reached.
+   */
+  static async open(nc: NatsConnection, options: BudgetLedgerOptions = {}): Promise<BudgetLedger> {
+    const js: JetStreamClient = jetstream(nc, { timeout: options.opTimeoutMs ?? 2_000 });
+    const kvm = new Kvm(js);
+    try {
+      const replicas = options.replicas ?? 1;
+      const kv = await kvm.create(options.bucket ?? Buckets.budget, { history: 1, replicas });
+      const grants = await kvm.create(options.grantsBucket ?? GRANTS_BUCKET, {
+        history: 1,
+        replicas,
+        ttl: options.grantRetentionMs ?? 7 * 24 * 3600_000,
+      });
+      return new BudgetLedger(kv, grants, options);
+    } catch (err) {
+      throw unavailable('cannot open the ledger buckets', err);
+    }
+  }
+
+  /** Sets (replaces) the cap of a scope. Lowering a cap below what is used denies new reservations. */
+  async setCap(scope: string, cap: z.input<typeof Budget>): Promise<void> {
+    assertBudgetScope(scope);
+    const parsed = parse(Budget, cap, 'budget cap');
+    await this.#mutate(scope, (doc) => {
+      const next = cloneDoc(doc ?? emptyDoc());
+      next.cap = parsed;
+      return { result: undefined, write: next };
+    });
+  }
+
+  /**
+   * Reserves `amount` on every scope, all or nothing. Returns `{ ok: true }` or the first
+   * scope and dimension that refused; nothing stays reserved on a refusal. Reserving again
+   * with the same grant id, scopes and amount is a no-op (safe retry). Throws a
+   * `ProtocolError` for bad input, a `ConflictError` when the grant id is taken by another
+   * reservation or contention did not settle in time, and an `UnavailableError` when KV fails.
+   */
+  async reserve(req: ReserveRequest): Promise<ReserveResult> {
+    const grantId = assertId(req.grantId, 'grantId');
+    const scopes = [...new Set(req.scopes.map(assertBudgetScope))].sort();
+    if (scopes.length === 0) throw new ProtocolError('reserve: no scopes');
+    const amount = fromUsage(req.amount, 'reservation amount');
+    if (!Number.isInteger(req.leaseMs) || req.leaseMs <= 0 || req.leaseMs > MAX_LEASE_MS) {
+      throw new ProtocolError(`reserve: leaseMs must be an integer in 1..${MAX_LEASE_MS}`);
+    }
+    const expiresAt = this.#now() + req.leaseMs;
+    const record: GrantRecord = { scopes, amount, expiresAt, state: 'reserved' };
+    const recordExpiresAt = await this.#createGrant(grantId, record);
+    const taken: string[] = [];
+    try {
+      for (const scope of scopes) {
+        const fit = await this.#mutate<Fit>(scope, (doc) => {
+          const current = doc ?? emptyDoc();
+          if (current.reservations[grantId]) return { result: { ok: true } };
+          const f = fits(scope, current, amount);
+          if (!f.ok) return { result: f };
+          const next = cloneDoc(current);
+          next.reservations[grantId] = { amount, expiresAt: recordExpiresAt };
+          return { result: f, write: next };
+        });
+        if (!fit.ok) {
+          await this.#rollback(grantId, taken);
+          await this.#grants.delete(grantId).catch(() => undefined);
+          return fit;
+        }
+        taken.push(scope);
+      }
+    } catch (err) {
+      // Best effort; what cannot be rolled back now expires with its lease.
+      await this.#rollback(grantId, taken).catch(() => undefined);
+      throw err;
+    }
+    return { ok: true, expiresAt: recordExpiresAt };
+  }
+
+  /**
+   * Commits what a granted call really used and releases its reservation. Settling the same
+   * grant again counts once (`duplicate: true`). A reservation the reaper already returned
+   * still has its actual spend committed (the spend happened; `reaped: true`), and actual
+   * usage above the reservation is committed as is (`overshoot`). An unknown grant id (never
+   * reserved, refused, or older than the retention) answers `settled: false`.
+   */
+  async settle(grantId: string, actual: z.input<typeof Usage>): Promise<SettleResult> {
+    assertId(grantId, 'grantId');
+    const amount = fromUsage(actual, 'actual usage');
+    let entry = await this.#getGrant(grantId);
+    if (!entry) return { settled: false, duplicate: false, reaped: false };
+    if (entry.record.state === 'settled') return { settled: true, duplicate: true, reaped: false };
+    let reaped = false;
+    for (const scope of entry.record.scopes) {
+      const applied = await this.#mutate<'dup' | 'ok' | 'reaped'>(scope, (doc) => {
+        const current = doc ?? emptyDoc();
+        if (current.settled.includes(grantId)) return { result: 'dup' };
+        const next = cloneDoc(current);
+        const held = next.reservations[grantId] !== undefined;
+        next.reservations = without(next.reservations, [grantId]);
+        next.committed = add(next.committed, amount);
+        next.settled.push(grantId);
+        if (next.settled.length > this.#ring)
+          next.settled.splice(0, next.settled.length - this.#ring);
+        return { result: held ? 'ok' : 'reaped', write: next };
+      });
+      if (applied === 'reaped') reaped = true;
+    }
+    // Mark the grant settled; whoever wins this CAS reports the settle, others a duplicate.
+    for (;;) {
+      const rec: GrantRecord = {
+        ...entry.record,
+        state: 'settled',
+        actual: amount,
+        settledAt: this.#now(),
+      };
+      try {
+        await this.#grants.update(grantId, encoder.encode(JSON.stringify(rec)), entry.rev);
+        break;
+      } catch (err) {
+        if (!isCasConflict(err)) throw unavailable('cannot mark the grant settled', err);
+        const again = await this.#getGrant(grantId);
+        if (!again || again.record.state === 'settled') {
+          return { settled: true, duplicate: true, reaped };
+        }
+        entry = again;
+      }
+    }
+    const over: Partial<LedgerAmount> = {};
+    const diff = toUser(subClip(amount, entry.record.amount));
+    for (const d of DIMENSIONS) if (diff[d] > 0) over[d] = diff[d];
+    const result: SettleResult = { settled: true, duplicate: false, reaped };
+    if (Object.keys(over).length > 0) result.overshoot = over;
+    return result;
+  }
+
+  /**
+   * Returns every reservation whose lease ended at or before `now` to its scope and reports
+   * them. Scans every scope key: run it from a background reaper, not a hot path.
+   */
+  async reap(now: number = this.#now()): Promise<ReapedReservation[]> {
+    const out: ReapedReservation[] = [];
+    let keys: string[];
+    try {
+      keys = [];
+      for await (const k of await this.#kv.keys()) keys.push(k);
+    } catch (err) {
+      throw unavailable('cannot list scopes', err);
+    }
+    for (const scope of keys.sort()) {
+      if (!SCOPE_PATTERN.test(scope)) continue;
+      const reaped = await this.#mutate(
+        scope,
+        (doc) => {
+          if (!doc) return { result: [] as ReapedReservation[] };
+          const expired = Object.entries(doc.reservations).filter(
+            ([, r]) => r.expiresAt !== null && r.expiresAt <= now,
+          );
+          if (expired.length === 0) return { result: [] as ReapedReservation[] };
+          const next = cloneDoc(doc);
+          next.reservations = without(
+            next.reservations,
+            expired.map(([id]) => id),
+          );
+          return {
+            result: expired.map(([grantId, r]) => ({
+              scope,
+              grantId,
+              amount: toUser(r.amount),
+              expiresAt: r.expiresAt ?? 0,
+            })),
+            write: next,
+          };
+        },
+        true,
+      );
+      out.push(...reaped);
+    }
+    return out;
+  }
+
+  /**
+   * Runs `reap()` every `intervalMs` (never two passes at once) until stopped. Failures go to
+   * `onError` and the next pass tries again.
+   */
+  startReaper(intervalMs: number, options: ReaperOptions = {}): Reaper {
+    if (!(intervalMs > 0)) throw new ProtocolError('startReaper: intervalMs must be positive');
+    let stopped = false;
+    let timer: NodeJS.Timeout | undefined;
+    let running: Promise<void> = Promise.resolve();
+    const tick = () => {
+      running = (async () => {
+        try {
+          const reaped = await this.reap();
+          if (reaped.length > 0) options.onReaped?.(reaped);
+        } catch (err) {
+          options.onError?.(err);
+        }
+        if (!stopped) {
+          timer = setTimeout(tick, intervalMs);
+          timer.unref();
+        }
+      })();
+    };
+    timer = setTimeout(tick, intervalMs);
+    timer.unref();
+    const stop = async () => {
+      stopped = true;
+      clearTimeout(timer);
+      await running;
+    };
+    return { stop, [Symbol.asyncDispose]: stop };
+  }
+
+  /** The current state of a scope (a fresh read). A scope never written reports zeros and no cap. */
+  async get(scope: string): Promise<ScopeReport> {
+    assertBudgetScope(scope);
+    const { doc } = await this.#read(scope);
+    const d = doc ?? emptyDoc();
+    return {
+      scope,
+      cap: d.cap,
+      committed: toUser(d.committed),
+      reserved: toUser(reservedOf(d)),
+      reservations: Object.keys(d.reservations).length,
+      sealed: d.sealed !== undefined,
+    };
+  }
+
+  /**
+   * Carves a child budget out of a parent scope: reserves `budget` on the parent (no lease:
+   * it lives until `releaseCarve`) and makes it the child's cap, all or nothing. Every
+   * dimension the parent caps must be given in `budget` (else `ProtocolError`), so a child can
+   * never spend what the parent does not hold for it. Carving again with the same budget is a
+   * no-op (safe retry). Answers like `reserve`.
+   */
+  async carve(
+    parentScope: string,
+    childScope: string,
+    budget: z.input<typeof Budget>,
+  ): Promise<ReserveResult> {
+    assertBudgetScope(parentScope);
+    assertBudgetScope(childScope);
+    if (parentScope === childScope) throw new ProtocolError('carve: parent and child are the same');
+    const cap = parse(Budget, budget, 'carved budget');
+    const amount = fromBudget(cap);
+    const key = `carve:${childScope}`;
+    const fit = await this.#mutate<Fit>(parentScope, (doc) => {
+      const current = doc ?? emptyDoc();
+      const missing = DIMENSIONS.filter(
+        (d) => capOf(current.cap, d) !== undefined && capOf(cap, d) === undefined,
+      );
+      if (missing.length > 0) {
+        throw new ProtocolError(
+          `carve: ${parentScope} caps ${missing.join(', ')}; the child budget must set them too`,
+          { details: { missing } },
+        );
+      }
+      const existing = current.reservations[key];
+      if (existing) {
+        if (JSON.stringify(existing.amount) === JSON.stringify(amount))
+          return { result: { ok: true } };
+        throw new ConflictError(
+          `carve: ${childScope} already holds another carve of ${parentScope}`,
+        );
+      }
+      const f = fits(parentScope, current, amount);
+      if (!f.ok) return { result: f };
+      const next = cloneDoc(current);
+      next.reservations[key] = { amount, expiresAt: null };
+      return { result: f, write: next };
+    });
+    if (!fit.ok) return fit;
+    try {
+      await this.#mutate(childScope, (doc) => {
+        const current = doc ?? emptyDoc();
+        if (current.sealed) throw new ConflictError(`carve: ${childScope} was already released`);
+        const next = cloneDoc(current);
+        next.cap = cap;
+        return { result: undefined, write: next };
+      });
+    } catch (err) {
+      await this.#rollback(key, [parentScope]).catch(() => undefined);
+      throw err;
+    }
+    return { ok: true, expiresAt: null };
+  }
+
+  /**
+   * Ends a child carve: seals the child (no new reservations), commits what it used on the
+   * parent and returns the rest. Reservations still open on the child count as used. Calling
+   * it again is a no-op (`released: false`). Settles that arrive on the child after release
+   * are committed on the child only.
+   */
+  async releaseCarve(parentScope: string, childScope: string): Promise<ReleaseCarveResult> {
+    assertBudgetScope(parentScope);
+    assertBudgetScope(childScope);
+    const used = await this.#mutate<Amount>(childScope, (doc) => {
+      const current = doc ?? emptyDoc();
+      if (current.sealed) return { result: current.sealed.used };
+      const next = cloneDoc(current);
+      const u = add(current.committed, reservedOf(current));
+      next.sealed = { used: u };
+      return { result: u, write: next };
+    });
+    const key = `carve:${childScope}`;
+    const carved = await this.#mutate<Amount | null>(parentScope, (doc) => {
+      const r = doc?.reservations[key];
+      if (!doc || !r) return { result: null };
+      const next = cloneDoc(doc);
+      next.reservations = without(next.reservations, [key]);
+      next.committed = add(next.committed, used);
+      return { result: r.amount, write: next };
+    });
+    return {
+      released: carved !== null,
+      used: toUser(used),
+      returned: toUser(carved ? subClip(carved, used) : zero()),
+    };
+  }
+
+  async #createGrant(grantId: string, record: GrantRecord): Promise<number> {
+    try {
+      await this.#grants.create(grantId, encoder.encode(JSON.stringify(record)));
+      return record.expiresAt;
+    } catch (err) {
+      if (!isCasConflict(err)) throw unavailable('cannot record the grant', err);
+    }
+    const existing = await this.#getGrant(grantId);
+    if (
+      existing?.record.state === 'reserved' &&
+      JSON.stringify(existing.record.scopes) === JSON.stringify(record.scopes) &&
+      JSON.stringify(existing.record.amount) === JSON.stringify(record.amount)
+    ) {
+      return existing.record.expiresAt; // a retry of the same reservation
+    }
+    throw new ConflictError(`grant id ${grantId} is already used`, { retryable: false });
+  }
+
+  async #getGrant(grantId: string): Promise<{ record: GrantRecord; rev: number } | null> {
+    let e;
+    try {
+      e = await this.#grants.get(grantId);
+    } catch (err) {
+      throw unavailable('cannot read the grant', err);
+    }
+    if (!e || e.operation !== 'PUT') return null;
+    return { record: this.#decode(GrantRecord, e.value, `grant ${grantId}`), rev: e.revision };
+  }
+
+  async #rollback(id: string, scopes: readonly string[]): Promise<void> {
+    for (const scope of scopes) {
+      await this.#mutate(scope, (doc) => {
+        if (!doc?.reservations[id]) return { result: undefined };
+        const next = cloneDoc(doc);
+        next.reservations = without(next.reservations, [id]);
+        return { result: undefined, write: next };
+      });
+    }
+  }
+
+  #decode<S extends z.ZodType>(schema: S, bytes: Uint8Array, what: string): z.output<S> {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(decoder.decode(bytes));
+    } catch (cause) {
+      throw new UnavailableError(`budget ledger: ${what} is corrupt`, { cause, retryable: false });
+    }
+    const r = schema.safeParse(raw);
+    if (!r.success) {
+      throw new UnavailableError(`budget ledger: ${what} is corrupt`, {
+        cause: r.error,
+        retryable: false,
+      });
+    }
+    return r.data;
+  }
+
+  async #read(scope: string): Promise<Snapshot> {
+    let e;
+    try {
+      e = await this.#kv.get(scope);
+    } catch (err) {
+      throw unavailable(`cannot read ${scope}`, err);
+    }
+    if (!e || e.operation !== 'PUT') return { doc: null, rev: 0 };
+    return { doc: this.#decode(ScopeDoc, e.value, `scope ${scope}`), rev: e.revision };
+  }
+
+  /**
+   * The CAS loop every scope write goes through. `fn` sees the current doc and returns the
+   * result plus, when something changes, the next doc. A write only lands on the revision `fn`
+   * saw; on a conflict the doc is re-read and `fn` runs again (jittered backoff). A cached doc
+   * saves the read in the common one-writer-per-key case; an answer that needs no write is only
+   * trusted from a fresh read.
+   */
+  async #mutate<T>(
+    scope: string,
+    fn: (doc: ScopeDoc | null) => Mutation<T>,
+    fresh = false,
+  ): Promise<T> {
+    const started = Date.now();
+    for (let attempt = 0; ; attempt++) {
+      const cached = fresh || attempt > 0 ? undefined : this.#cache.get(scope);
+      const snap: Snapshot = cached ?? (await this.#read(scope));
+      const out = fn(snap.doc);
+      if (!out.write) {
+        if (cached) continue; // confirm against a fresh read
+        return out.result;
+      }
+      const bytes = encoder.encode(JSON.stringify(out.write));
+      try {
+        const rev =
+          snap.rev === 0
+            ? await this.#kv.create(scope, bytes)
+            : await this.#kv.update(scope, bytes, snap.rev);
+        // Bounded, least recently written first out: a cache miss only costs a read.
+        this.#cache.delete(scope);
+        this.#cache.set(scope, { doc: out.write, rev });
+        if (this.#cache.size > CACHE_MAX) {
+          const oldest = this.#cache.keys().next();
+          if (!oldest.done) this.#cache.delete(oldest.value);
+        }
+        return out.result;
+      } catch (err) {
+        this.#cache.delete(scope);
+        if (!isCasConflict(err)) throw unavailable(`cannot write ${scope}`, err);
+      }
+      if (attempt + 1 >= this.#maxAttempts || Date.now() - started > this.#casDeadlineMs) {
+        throw new ConflictError(`budget ledger: too much contention on ${scope}; retry`, {
+          details: { scope, attempts: attempt + 1 },
+        });
+      }
+      await sleep(backoffDelay(attempt));
+    }
+  }
+}
