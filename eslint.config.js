@@ -16,6 +16,7 @@ export default tseslint.config(
           './packages/*/tsconfig.json',
           './services/*/tsconfig.json',
           './examples/*/tsconfig.json',
+          './bench/tsconfig.json',
           './tsconfig.test.json',
         ],
         tsconfigRootDir: import.meta.dirname,

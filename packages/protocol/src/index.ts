@@ -67,6 +67,8 @@ export {
   Outcome,
   SettleRequest,
   SettleReply,
+  RunEndRequest,
+  BudgetReport,
   ActRequest,
   ExecuteRequest,
   ToolResult,

@@ -203,8 +203,30 @@ export const SettleRequest = z.object({
   agentId: Id,
   actual: Usage,
   outcome: Outcome.default('ok'),
+  /** sha256 of the tool's output, for the no-progress breaker. */
+  observationHash: Sha256.optional(),
 });
 export type SettleRequest = z.infer<typeof SettleRequest>;
+
+/** `runs.end` request: the planner reports how a run ended; the supervisor records it. */
+export const RunEndRequest = z.object({
+  runId: Id,
+  agentId: Id,
+  status: z.enum(['completed', 'stopped', 'failed']),
+  answer: Text(1_048_576).optional(),
+  stopReason: StopReason.optional(),
+  error: WireError.optional(),
+});
+export type RunEndRequest = z.infer<typeof RunEndRequest>;
+
+/** `runs.budget` reply: caps, spend and open reservations of a run. */
+export const BudgetReport = z.object({
+  runId: Id,
+  cap: Budget,
+  committed: Usage,
+  reserved: Usage,
+});
+export type BudgetReport = z.infer<typeof BudgetReport>;
 
 /** `sv.settle` reply. */
 export const SettleReply = z.object({ settled: z.boolean(), duplicate: z.boolean() });
@@ -426,6 +448,8 @@ export const Messages = {
   'reins.Grant': Grant,
   'reins.SettleRequest': SettleRequest,
   'reins.SettleReply': SettleReply,
+  'reins.RunEndRequest': RunEndRequest,
+  'reins.BudgetReport': BudgetReport,
   'reins.ActRequest': ActRequest,
   'reins.ExecuteRequest': ExecuteRequest,
   'reins.ToolResult': ToolResult,

@@ -57,6 +57,10 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX) {
     runsStart: `${p}.runs.start`,
     runsGet: `${p}.runs.get`,
     runsList: `${p}.runs.list`,
+    /** Caps, spend and reservations of a run. */
+    runsBudget: `${p}.runs.budget`,
+    /** The planner reports a run's end (answer or stop reason). */
+    runsEnd: `${p}.runs.end`,
     authorize: `${p}.sv.authorize`,
     settle: `${p}.sv.settle`,
     act: `${p}.sv.act`,

@@ -66,6 +66,8 @@ const examples: { [K in keyof typeof Messages]: z.input<(typeof Messages)[K]> } 
   'reins.Grant': grant,
   'reins.SettleRequest': { grantId: 'g1', runId: 'run1', agentId: 'a1', actual: usage },
   'reins.SettleReply': { settled: true, duplicate: false },
+  'reins.RunEndRequest': { runId: 'run1', agentId: 'p1', status: 'completed', answer: 'done' },
+  'reins.BudgetReport': { runId: 'run1', cap: { usd: 1 }, committed: usage, reserved: usage },
   'reins.ActRequest': {
     runId: 'run1',
     agentId: 'a1',
