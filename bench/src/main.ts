@@ -1,1 +1,92 @@
-export {};
+import { cpus, platform } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { natsServerVersion, startNatsServer } from '@reins/testing';
+import { markdown, memoryDelta, memorySample, writeReport } from './report.js';
+import { suites } from './suites/index.js';
+import type { RunReport, SuiteContext, SuiteReport } from './types.js';
+
+const USAGE = `usage: node bench/dist/main.js [--quick] [--only <suite>]
+suites: ${suites.map((s) => s.name).join(', ')}`;
+
+const RESULTS_DIR = fileURLToPath(new URL('../results/', import.meta.url));
+
+/**
+ * A full garbage collection, so heap figures compare live memory rather than GC timing. `pnpm
+ * bench` runs plain `node`, so expose `gc` at runtime instead of requiring `--expose-gc`.
+ */
+function gcFunction(): () => void {
+  setFlagsFromString('--expose-gc');
+  const gc: unknown = runInNewContext('gc');
+  return isThunk(gc) ? gc : () => undefined;
+}
+
+function isThunk(value: unknown): value is () => void {
+  return typeof value === 'function';
+}
+const collect = gcFunction();
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      quick: { type: 'boolean', default: false },
+      only: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    return;
+  }
+  const selected = values.only ? suites.filter((s) => s.name === values.only) : suites;
+  if (selected.length === 0) throw new Error(`unknown suite "${values.only ?? ''}"\n${USAGE}`);
+  const quick = values.quick;
+  const cpuList = cpus();
+  const report: RunReport = {
+    timestamp: new Date().toISOString(),
+    mode: quick ? 'quick' : 'full',
+    environment: {
+      node: process.version,
+      natsServer: natsServerVersion(),
+      platform: `${platform()} ${process.arch}`,
+      cpus: cpuList.length,
+      cpuModel: cpuList[0]?.model.trim() ?? 'unknown',
+    },
+    suites: [],
+  };
+
+  await using nats = await startNatsServer();
+  const ctx: SuiteContext = {
+    natsUrl: nats.url,
+    quick,
+    log: (message) => console.error(`  ${message}`),
+  };
+  for (const suite of selected) {
+    console.error(`${suite.name}: ${suite.description}`);
+    collect();
+    const before = memorySample();
+    const started = performance.now();
+    const results = await suite.run(ctx);
+    const durationMs = performance.now() - started;
+    collect();
+    const after = memorySample();
+    const entry: SuiteReport = {
+      name: suite.name,
+      description: suite.description,
+      durationMs,
+      memory: { before, after, delta: memoryDelta(before, after) },
+      results,
+    };
+    report.suites.push(entry);
+  }
+  console.log(markdown(report));
+  const written = await writeReport(RESULTS_DIR, report);
+  console.error(`\nwrote ${written.join(', ')}`);
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exitCode = 1;
+});

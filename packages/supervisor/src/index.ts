@@ -60,3 +60,6 @@ export type {
   SigningKeySource,
   WarnLogger,
 } from './signing-key.js';
+export { startSupervisor } from './supervisor.js';
+export type { Supervisor, SupervisorOptions } from './supervisor.js';
+export { RunStore, isTerminal } from './run-store.js';

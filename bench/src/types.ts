@@ -1,0 +1,66 @@
+/** What every suite gets from the runner. */
+export interface SuiteContext {
+  /** URL of the nats-server the runner started for this run. */
+  natsUrl: string;
+  /** Smaller iteration counts, for CI and local checks (well under a minute in all). */
+  quick: boolean;
+  /** Progress line on stderr (the table goes to stdout). */
+  log(message: string): void;
+}
+
+/** Whether a smaller or a larger figure is the better one. */
+export type Better = 'lower' | 'higher';
+
+/**
+ * One Reins figure beside its raw NATS baseline, measured in the same run. `ratio` is always
+ * reins / raw; `target` is the worst acceptable ratio, when the issue sets one.
+ */
+export interface Result {
+  metric: string;
+  unit: string;
+  better: Better;
+  raw: number;
+  reins: number;
+  ratio: number;
+  target?: number;
+  /** Per-round values the medians were taken from. */
+  rounds: { raw: number[]; reins: number[] };
+}
+
+/** A benchmark suite: `bench/src/suites/<name>.ts`, listed in `suites/index.ts`. */
+export interface Suite {
+  name: string;
+  description: string;
+  run(ctx: SuiteContext): Promise<Result[]>;
+}
+
+/** Process memory at one moment (bytes). */
+export interface MemorySample {
+  rss: number;
+  heapUsed: number;
+  heapTotal: number;
+  external: number;
+}
+
+/** What a suite produced, with the memory around it. */
+export interface SuiteReport {
+  name: string;
+  description: string;
+  durationMs: number;
+  memory: { before: MemorySample; after: MemorySample; delta: MemorySample };
+  results: Result[];
+}
+
+/** Everything one run wrote to `bench/results/<timestamp>.json`. */
+export interface RunReport {
+  timestamp: string;
+  mode: 'quick' | 'full';
+  environment: {
+    node: string;
+    natsServer: string;
+    platform: string;
+    cpus: number;
+    cpuModel: string;
+  };
+  suites: SuiteReport[];
+}

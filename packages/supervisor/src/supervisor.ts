@@ -1,0 +1,840 @@
+import { jetstream } from '@nats-io/jetstream';
+import {
+  ActRequest,
+  AuthorizeRequest,
+  BudgetExceededError,
+  BudgetReport,
+  Buckets,
+  Decision,
+  ExecuteRequest,
+  HaltReply,
+  HaltRequest,
+  HaltedError,
+  NotFoundError,
+  PausedError,
+  PolicyDeniedError,
+  ReinsError,
+  RunEndRequest,
+  RunGetRequest,
+  RunListReply,
+  RunListRequest,
+  RunRecord,
+  RunStartRequest,
+  SettleReply,
+  SettleRequest,
+  Task,
+  UnavailableError,
+  encode,
+  hashArgs,
+  newId,
+  toWireError,
+  type Budget,
+  type GrantSigner,
+  type Scope,
+} from '@reins/protocol';
+import {
+  broadcastControl,
+  defineActor,
+  listAgents,
+  openBucket,
+  scopeMatches,
+  type Actor,
+  type Runtime,
+} from '@reins/runtime';
+import type { z } from 'zod';
+import { AuditWriter, ensureAuditStream, type AuditInput } from './audit-log.js';
+import type { BreakerConfig } from './breakers.js';
+import {
+  breakerConfig,
+  initBreakerState,
+  recordAction,
+  recordObservation,
+  recordSpend,
+  type BreakerTrip,
+} from './breakers.js';
+import { BudgetLedger, type Reaper, type ReserveResult } from './budget-ledger.js';
+import {
+  compilePolicy,
+  evaluatePolicy,
+  narrowPolicy,
+  type Policy,
+  type PolicyDocument,
+} from './policy.js';
+import { RunStore, isTerminal } from './run-store.js';
+import { loadSigningKey } from './signing-key.js';
+
+/** Options of `startSupervisor`. */
+export interface SupervisorOptions {
+  /** Agent id of this instance (also its audit writer id). Generated when absent. */
+  agentId?: string;
+  /** Grant signing key; default from `REINS_SUPERVISOR_SEED(_FILE)` or a dev key with a warning. */
+  signer?: GrantSigner;
+  /**
+   * Tool policy (compiled or a document). Without one every tool call is denied
+   * (`default.deny`): fail closed. Load a file with `loadPolicyFile`.
+   */
+  policy?: Policy | PolicyDocument;
+  /** Breaker settings (repeat, no-progress, velocity, action cap). */
+  breakers?: z.input<typeof BreakerConfig>;
+  /** Lifetime of a grant (default 60 s; a tool grant lives at least its timeout). */
+  grantTtlMs?: number;
+  /** Lease of an unsettled reservation before the reaper returns it (default 120 s). */
+  leaseMs?: number;
+  /** Reaper pass interval (default 5 s). */
+  reaperIntervalMs?: number;
+  /** A cap across every run (`global` scope). */
+  globalBudget?: Budget;
+  /** Caps per tenant (`tenant.<id>` scope). */
+  tenantBudgets?: Record<string, Budget>;
+  /** Budget applied to runs started without one (default: 50 steps). */
+  defaultRunBudget?: Budget;
+  /** Roles allowed to start as a run's planner (default: any). */
+  plannerRoles?: string[];
+}
+
+/** A running supervisor instance. */
+export interface Supervisor extends AsyncDisposable {
+  readonly actor: Actor;
+  readonly ledger: BudgetLedger;
+  readonly audit: AuditWriter;
+  /** Public key executors must trust (`REINS_TRUSTED_ISSUERS`). */
+  readonly publicKey: string;
+  stop(): Promise<void>;
+}
+
+const SUPERVISOR_QUEUE = 'supervisor';
+
+/**
+ * Starts a supervisor: the control plane. It admits runs, authorizes every model call against
+ * the budget ledger, authorizes every tool call against policy, breakers and budget and
+ * forwards it to an executor with a signed grant, settles usage, halts and resumes, and audits
+ * every decision. Several instances may serve at once (queue group `supervisor`): they share
+ * the ledger, run records, breaker state and halt markers through JetStream KV.
+ */
+export async function startSupervisor(
+  runtime: Runtime,
+  options: SupervisorOptions = {},
+): Promise<Supervisor> {
+  const agentId = options.agentId ?? newId('sv');
+  const logger = runtime.logger.child({ role: 'supervisor', agentId });
+  const signer = options.signer ?? loadSigningKey({ logger }).signer;
+  const policy: Policy = options.policy
+    ? 'kind' in options.policy
+      ? options.policy
+      : compilePolicy(options.policy)
+    : compilePolicy({ rules: [] });
+  if (!options.policy) {
+    logger.warn(
+      'no tool policy configured: every tool call will be denied (set REINS_POLICY_FILE or pass a policy)',
+    );
+  }
+  const breakers = breakerConfig({ maxSteps: 1000, ...options.breakers });
+  const grantTtlMs = options.grantTtlMs ?? 60_000;
+  const leaseMs = options.leaseMs ?? 120_000;
+  const subjects = runtime.subjects;
+  const nc = runtime.nc;
+  const js = jetstream(nc);
+
+  const jsm = await js.jetstreamManager();
+  await ensureAuditStream(jsm, { prefix: subjects.prefix });
+  const ledger = await BudgetLedger.open(nc);
+  const runs = new RunStore(await openBucket(nc, Buckets.runs));
+  const audit = await AuditWriter.open(nc, { writerId: agentId, prefix: subjects.prefix });
+  const halts = await runtime.halts();
+  const policyCache = new Map<string, Policy>();
+
+  // Caps of the shared scopes; a scope without a cap is not touched by reservations.
+  if (options.globalBudget) await ledger.setCap('global', options.globalBudget);
+  for (const [tenant, cap] of Object.entries(options.tenantBudgets ?? {}))
+    await ledger.setCap(`tenant.${tenant}`, cap);
+
+  const record = (input: Omit<AuditInput, 'actor'> & { actor?: string }) =>
+    audit.append({ actor: agentId, ...input }).catch((err: unknown) => {
+      // An audit that cannot be written is an operator emergency, not a silent gap.
+      logger.error({ err, action: input.action, runId: input.runId }, 'AUDIT WRITE FAILED');
+      throw new UnavailableError('audit log unavailable', { cause: err });
+    });
+
+  const scopesFor = (run: RunRecord) => {
+    const s = [`run.${run.runId}`];
+    if (run.tenant && options.tenantBudgets?.[run.tenant]) s.push(`tenant.${run.tenant}`);
+    if (options.globalBudget) s.push('global');
+    return s.sort();
+  };
+
+  const runPolicy = (run: RunRecord): Policy => {
+    if (!run.policy) return policy;
+    let p = policyCache.get(run.runId);
+    if (!p) {
+      p = narrowPolicy(policy, run.policy);
+      if (policyCache.size > 1000) policyCache.clear();
+      policyCache.set(run.runId, p);
+    }
+    return p;
+  };
+
+  const haltedScope = (target: {
+    agentId: string;
+    role: string;
+    runId: string;
+  }): Scope | undefined => halts.halted.find(target);
+
+  /** Run must exist and be live; returns it. Unknown or ended runs are refused: fail closed. */
+  const liveRun = async (runId: string): Promise<RunRecord> => {
+    const run = await runs.require(runId);
+    if (isTerminal(run.status)) {
+      throw new HaltedError(`run ${runId} has ended (${run.status})`, {
+        details: { runId, status: run.status },
+      });
+    }
+    if (run.status === 'halted')
+      throw new HaltedError(`run ${runId} is halted`, { details: { runId } });
+    if (run.status === 'paused')
+      throw new PausedError(`run ${runId} is paused`, { details: { runId } });
+    return run;
+  };
+
+  const enqueue = async (run: RunRecord, dedupe: string) => {
+    const task: Task = { runId: run.runId, role: run.role, step: 0, enqueuedAt: Date.now() };
+    await js.publish(subjects.task(run.role), encode(Task, task), {
+      msgID: `${run.runId}:${dedupe}`,
+    });
+  };
+
+  const tripBreaker = async (run: RunRecord, trip: BreakerTrip) => {
+    logger.warn({ runId: run.runId, trip }, 'breaker tripped');
+    await runs.setStatus(run.runId, 'stopped', {
+      stopReason: 'BREAKER',
+      endedAt: Date.now(),
+      error: {
+        code: 'BREAKER',
+        message: trip.reason,
+        retryable: false,
+        details: { breaker: trip.breaker },
+      },
+    });
+    await record({
+      action: 'breaker',
+      runId: run.runId,
+      rule: `breaker.${trip.breaker}`,
+      details: { reason: trip.reason },
+    });
+    actor.trace(run.runId, 'run.end', {
+      status: 'stopped',
+      stopReason: 'BREAKER',
+      reason: trip.reason,
+    });
+    await halts.write({
+      haltId: newId('h'),
+      scope: { kind: 'run', runId: run.runId },
+      reason: `breaker ${trip.breaker}: ${trip.reason}`,
+      createdAt: Date.now(),
+      requestedBy: agentId,
+    });
+    void broadcastControl(runtime, {
+      type: 'halt',
+      scope: { kind: 'run', runId: run.runId },
+      reason: trip.reason,
+      deadlineMs: 1000,
+    }).catch(() => undefined);
+  };
+
+  const denyBudget = (res: Extract<ReserveResult, { ok: false }>) =>
+    new BudgetExceededError(
+      `budget exceeded on ${res.scope} (${res.dimension}: ${res.wouldBe} > ${res.cap})`,
+      {
+        details: { scope: res.scope, dimension: res.dimension, cap: res.cap, wouldBe: res.wouldBe },
+      },
+    );
+
+  const actor = await runtime.start(
+    defineActor({
+      role: 'supervisor',
+      agentId,
+      setup(a) {
+        // ── runs.start: admission ────────────────────────────────────────────────────────
+        a.handle(
+          subjects.runsStart,
+          RunStartRequest,
+          async (req) => {
+            if (options.plannerRoles && !options.plannerRoles.includes(req.role)) {
+              throw new PolicyDeniedError(`role ${req.role} may not plan runs`, {
+                details: { rule: 'admission.role' },
+              });
+            }
+            if (req.idempotencyKey) {
+              const existing = await runs.startKey(req.idempotencyKey);
+              if (existing) return runs.require(existing);
+            }
+            const runId = newId('run');
+            const now = Date.now();
+            let budget: Budget = { ...(options.defaultRunBudget ?? { steps: 50 }), ...req.budget };
+            if (req.parentRunId) {
+              const parent = await liveRun(req.parentRunId);
+              const p = await ledger.get(`run.${parent.runId}`);
+              // A child inherits whatever the parent caps and it did not set: its remaining budget.
+              const remaining = (k: keyof Budget & keyof typeof p.committed) => {
+                const cap = p.cap[k];
+                return cap === undefined
+                  ? undefined
+                  : Math.max(0, cap - p.committed[k] - p.reserved[k]);
+              };
+              const filled: Budget = { ...budget };
+              for (const k of ['usd', 'tokens', 'inputTokens', 'outputTokens', 'steps'] as const) {
+                const rem = remaining(k);
+                if (rem !== undefined && filled[k] === undefined)
+                  filled[k] = k === 'usd' ? rem : Math.floor(rem);
+              }
+              budget = filled;
+              const carved = await ledger.carve(`run.${parent.runId}`, `run.${runId}`, budget);
+              if (!carved.ok) {
+                await record({
+                  action: 'deny',
+                  runId: parent.runId,
+                  rule: 'admission.child_budget',
+                  details: { child: runId },
+                });
+                throw denyBudget(carved);
+              }
+            } else {
+              await ledger.setCap(`run.${runId}`, budget);
+            }
+            // Shared caps already spent → refuse admission.
+            for (const scope of [
+              ...(req.tenant && options.tenantBudgets?.[req.tenant]
+                ? [`tenant.${req.tenant}`]
+                : []),
+              ...(options.globalBudget ? ['global'] : []),
+            ]) {
+              const s = await ledger.get(scope);
+              for (const k of ['usd', 'tokens', 'steps'] as const) {
+                const cap = s.cap[k];
+                if (cap !== undefined && s.committed[k] + s.reserved[k] >= cap) {
+                  await record({
+                    action: 'deny',
+                    runId,
+                    rule: 'admission.spent',
+                    details: { scope, dimension: k },
+                  });
+                  throw new BudgetExceededError(`${scope} budget is spent (${k})`, {
+                    details: { scope, dimension: k },
+                  });
+                }
+              }
+            }
+            const run: RunRecord = {
+              runId,
+              goal: req.goal,
+              role: req.role,
+              roles: req.roles ?? [req.role, 'executor'],
+              status: 'queued',
+              budget,
+              used: { inputTokens: 0, outputTokens: 0, usd: 0, steps: 0 },
+              createdAt: now,
+              updatedAt: now,
+              ...(req.tenant ? { tenant: req.tenant } : {}),
+              ...(req.parentRunId ? { parentRunId: req.parentRunId } : {}),
+              ...(req.input ? { input: req.input } : {}),
+              ...(req.policy ? { policy: req.policy } : {}),
+            };
+            if (req.policy) narrowPolicy(policy, req.policy); // invalid overlays are refused here
+            await runs.create(run);
+            if (req.idempotencyKey) {
+              const winner = await runs.claimStartKey(req.idempotencyKey, runId);
+              if (winner !== runId) return runs.require(winner);
+            }
+            await record({
+              action: 'admit',
+              runId,
+              details: {
+                goal: req.goal.slice(0, 200),
+                budget,
+                role: req.role,
+                parentRunId: req.parentRunId,
+                requestedBy: req.requestedBy,
+              },
+            });
+            await enqueue(run, 'start');
+            a.trace(runId, 'run.start', {
+              goal: req.goal.slice(0, 1000),
+              budget,
+              parentRunId: req.parentRunId,
+            });
+            return run;
+          },
+          { queue: SUPERVISOR_QUEUE, reply: RunRecord, runOf: () => undefined },
+        );
+
+        // ── runs.get / list / budget / end ───────────────────────────────────────────────
+        const withUsage = async (run: RunRecord): Promise<RunRecord> => {
+          const s = await ledger.get(`run.${run.runId}`);
+          return {
+            ...run,
+            used: {
+              usd: s.committed.usd,
+              inputTokens: s.committed.inputTokens,
+              outputTokens: s.committed.outputTokens,
+              steps: s.committed.steps,
+            },
+          };
+        };
+        a.handle(
+          subjects.runsGet,
+          RunGetRequest,
+          async (req) => withUsage(await runs.require(req.runId)),
+          {
+            queue: SUPERVISOR_QUEUE,
+            reply: RunRecord,
+            runOf: () => undefined,
+          },
+        );
+        a.handle(
+          subjects.runsList,
+          RunListRequest,
+          async (req) => ({
+            runs: await runs.list({
+              limit: req.limit,
+              ...(req.status ? { status: req.status } : {}),
+              ...(req.tenant ? { tenant: req.tenant } : {}),
+            }),
+          }),
+          { queue: SUPERVISOR_QUEUE, reply: RunListReply },
+        );
+        a.handle(
+          subjects.runsBudget,
+          RunGetRequest,
+          async (req) => {
+            await runs.require(req.runId);
+            const s = await ledger.get(`run.${req.runId}`);
+            const usage = (x: typeof s.committed) => ({
+              usd: x.usd,
+              inputTokens: x.inputTokens,
+              outputTokens: x.outputTokens,
+              steps: x.steps,
+            });
+            return {
+              runId: req.runId,
+              cap: s.cap,
+              committed: usage(s.committed),
+              reserved: usage(s.reserved),
+            };
+          },
+          { queue: SUPERVISOR_QUEUE, reply: BudgetReport, runOf: () => undefined },
+        );
+        a.handle(
+          subjects.runsEnd,
+          RunEndRequest,
+          async (req) => {
+            const now = Date.now();
+            const ended = await runs.update(req.runId, (r) =>
+              isTerminal(r.status)
+                ? undefined
+                : {
+                    ...r,
+                    status: req.status,
+                    endedAt: now,
+                    ...(req.answer !== undefined ? { answer: req.answer } : {}),
+                    ...(req.stopReason ? { stopReason: req.stopReason } : {}),
+                    ...(req.error ? { error: req.error } : {}),
+                  },
+            );
+            if (ended.endedAt === now) {
+              if (ended.parentRunId) {
+                const released = await ledger.releaseCarve(
+                  `run.${ended.parentRunId}`,
+                  `run.${ended.runId}`,
+                );
+                await record({
+                  action: 'release',
+                  runId: ended.parentRunId,
+                  details: { child: ended.runId, used: released.used, returned: released.returned },
+                });
+              }
+              await record({
+                action: 'run.end',
+                runId: req.runId,
+                agentId: req.agentId,
+                details: { status: req.status, stopReason: req.stopReason },
+              });
+              a.trace(req.runId, 'run.end', {
+                status: ended.status,
+                stopReason: ended.stopReason,
+                answer: ended.answer?.slice(0, 2000),
+              });
+            }
+            return withUsage(ended);
+          },
+          { queue: SUPERVISOR_QUEUE, reply: RunRecord, runOf: () => undefined },
+        );
+
+        // ── sv.authorize: model calls ────────────────────────────────────────────────────
+        a.handle(
+          subjects.authorize,
+          AuthorizeRequest,
+          async (req): Promise<Decision> => {
+            const deny = async (err: ReinsError, rule: string): Promise<Decision> => {
+              await record({
+                action: 'deny',
+                runId: req.runId,
+                agentId: req.agentId,
+                rule,
+                details: { kind: 'llm', code: err.code, message: err.message },
+              });
+              return { decision: 'deny', error: toWireError(err), rule };
+            };
+            let run: RunRecord;
+            try {
+              run = await liveRun(req.runId);
+            } catch (err) {
+              if (err instanceof ReinsError)
+                return deny(err, err.code === 'NOT_FOUND' ? 'run.unknown' : 'run.not_live');
+              throw err;
+            }
+            const halted = haltedScope(req);
+            if (halted)
+              return deny(
+                new HaltedError(`halted (${halted.kind})`, { details: { scope: halted } }),
+                'halt',
+              );
+            if (run.budget.wallMs !== undefined && Date.now() > run.createdAt + run.budget.wallMs) {
+              await runs.setStatus(run.runId, 'stopped', {
+                stopReason: 'WALL_TIME',
+                endedAt: Date.now(),
+              });
+              return deny(
+                new BudgetExceededError('run wall time is over', {
+                  details: { dimension: 'wallMs' },
+                }),
+                'budget.wall_time',
+              );
+            }
+            const grantId = newId('g');
+            const reserved = {
+              steps: 1,
+              inputTokens: req.estimate.inputTokens,
+              outputTokens: req.estimate.outputTokens,
+              usd: req.estimate.usd,
+            };
+            const res = await ledger.reserve({
+              grantId,
+              scopes: scopesFor(run),
+              amount: reserved,
+              leaseMs,
+            });
+            if (!res.ok) return deny(denyBudget(res), `budget.${res.dimension}`);
+            if (run.status === 'queued') await runs.setStatus(run.runId, 'running');
+            const now = Date.now();
+            const grant = signer.sign({
+              grantId,
+              runId: run.runId,
+              agentId: req.agentId,
+              role: req.role,
+              kind: 'llm',
+              stepId: req.stepId,
+              model: req.model,
+              reserved,
+              issuedAt: now,
+              expiresAt: now + grantTtlMs,
+              issuer: signer.publicKey,
+            });
+            await record({
+              action: 'grant',
+              runId: run.runId,
+              agentId: req.agentId,
+              rule: 'budget.ok',
+              details: { grantId, kind: 'llm', model: req.model, reserved },
+            });
+            return { decision: 'grant', grant, rule: 'budget.ok' };
+          },
+          { queue: SUPERVISOR_QUEUE, reply: Decision, runOf: () => undefined },
+        );
+
+        // ── sv.settle ────────────────────────────────────────────────────────────────────
+        a.handle(
+          subjects.settle,
+          SettleRequest,
+          async (req) => {
+            const res = await ledger.settle(req.grantId, req.actual);
+            if (!res.settled || res.duplicate)
+              return { settled: res.settled, duplicate: res.duplicate };
+            await record({
+              action: 'settle',
+              runId: req.runId,
+              agentId: req.agentId,
+              details: {
+                grantId: req.grantId,
+                actual: req.actual,
+                outcome: req.outcome,
+                ...(res.overshoot ? { overshoot: res.overshoot } : {}),
+              },
+            });
+            const now = Date.now();
+            const trip = await runs.updateBreakers(
+              req.runId,
+              () => initBreakerState(now),
+              (s) => {
+                let r = recordSpend(s, { usd: req.actual.usd, now }, breakers);
+                if (!r.trip && req.observationHash)
+                  r = recordObservation(r.state, { hash: req.observationHash, now }, breakers);
+                return { state: r.state, result: r.trip };
+              },
+            );
+            if (trip) {
+              const run = await runs.get(req.runId);
+              if (run && !isTerminal(run.status)) await tripBreaker(run, trip);
+            }
+            return { settled: true, duplicate: false };
+          },
+          { queue: SUPERVISOR_QUEUE, reply: SettleReply, runOf: () => undefined },
+        );
+
+        // ── sv.act: tool calls, forwarded to an executor with a signed grant ─────────────
+        a.handle(
+          subjects.act,
+          ActRequest,
+          async (req, ctx) => {
+            const run = await liveRun(req.runId);
+            const halted = haltedScope(req);
+            if (halted)
+              throw new HaltedError(`halted (${halted.kind})`, { details: { scope: halted } });
+            const decision = evaluatePolicy(runPolicy(run), {
+              role: req.role,
+              agentId: req.agentId,
+              runId: req.runId,
+              tool: req.tool,
+              args: req.args,
+            });
+            if (decision.effect !== 'allow') {
+              const reason =
+                decision.effect === 'approve'
+                  ? `approval required (${decision.reason}); approvals are not enabled on this supervisor`
+                  : decision.reason;
+              await record({
+                action: 'deny',
+                runId: req.runId,
+                agentId: req.agentId,
+                rule: decision.rule,
+                details: { kind: 'tool', tool: req.tool, effect: decision.effect, reason },
+              });
+              throw new PolicyDeniedError(`${req.tool}: ${reason}`, {
+                details: { rule: decision.rule, effect: decision.effect },
+              });
+            }
+            const argsHash = hashArgs(req.args);
+            const now = Date.now();
+            const trip = await runs.updateBreakers(
+              req.runId,
+              () => initBreakerState(run.createdAt),
+              (s) => {
+                const r = recordAction(s, { tool: req.tool, argsHash, now }, breakers);
+                return { state: r.state, result: r.trip };
+              },
+            );
+            if (trip) {
+              await tripBreaker(run, trip);
+              throw new HaltedError(`breaker ${trip.breaker}: ${trip.reason}`, {
+                details: { rule: `breaker.${trip.breaker}` },
+              });
+            }
+            const timeoutMs = req.timeoutMs ?? 30_000;
+            const grant = signer.sign({
+              grantId: newId('g'),
+              runId: run.runId,
+              agentId: req.agentId,
+              role: req.role,
+              kind: 'tool',
+              stepId: req.stepId,
+              tool: req.tool,
+              argsHash,
+              idempotencyKey: req.idempotencyKey,
+              reserved: { steps: 0, inputTokens: 0, outputTokens: 0, usd: 0 },
+              issuedAt: now,
+              expiresAt: now + Math.max(grantTtlMs, timeoutMs + 5_000),
+              issuer: signer.publicKey,
+            });
+            await record({
+              action: 'grant',
+              runId: run.runId,
+              agentId: req.agentId,
+              rule: decision.rule,
+              details: {
+                grantId: grant.grantId,
+                kind: 'tool',
+                tool: req.tool,
+                argsHash,
+                idempotencyKey: req.idempotencyKey,
+              },
+            });
+            const exec: z.input<typeof ExecuteRequest> = {
+              grant,
+              runId: run.runId,
+              stepId: req.stepId,
+              tool: req.tool,
+              args: req.args,
+              idempotencyKey: req.idempotencyKey,
+              timeoutMs,
+            };
+            ctx.forward(subjects.exec(req.tool), ExecuteRequest, exec);
+            return undefined;
+          },
+          { queue: SUPERVISOR_QUEUE, runOf: () => undefined },
+        );
+
+        // ── ctl.halt / ctl.resume / ctl.pause ─────────────────────────────────────────────
+        a.handle(
+          subjects.ctlHalt,
+          HaltRequest,
+          async (req) => {
+            const haltId = newId('h');
+            await halts.write({
+              haltId,
+              scope: req.scope,
+              reason: req.reason,
+              createdAt: Date.now(),
+              ...(req.requestedBy ? { requestedBy: req.requestedBy } : {}),
+            });
+            await record({
+              action: 'halt',
+              ...(req.scope.kind === 'run' ? { runId: req.scope.runId } : {}),
+              details: {
+                haltId,
+                scope: req.scope,
+                reason: req.reason,
+                requestedBy: req.requestedBy,
+              },
+            });
+            if (req.scope.kind === 'run') {
+              await runs.setStatus(req.scope.runId, 'halted').catch((err: unknown) => {
+                if (!(err instanceof NotFoundError)) throw err;
+              });
+            }
+            const live = (await listAgents(runtime, { includeLost: false })).filter(
+              (ag) => ag.agentId !== agentId,
+            );
+            const expected = live.filter((ag) =>
+              req.scope.kind === 'run'
+                ? ag.runs.includes(req.scope.runId)
+                : scopeMatches(req.scope, { agentId: ag.agentId, role: ag.role }),
+            );
+            const acks = (
+              await broadcastControl(runtime, {
+                type: 'halt',
+                scope: req.scope,
+                reason: req.reason,
+                deadlineMs: req.deadlineMs,
+                id: haltId,
+              })
+            ).filter((k) => k.agentId !== agentId);
+            const acked = acks
+              .filter(
+                (k) =>
+                  req.scope.kind !== 'run' ||
+                  k.aborted > 0 ||
+                  expected.some((e) => e.agentId === k.agentId),
+              )
+              .map((k) => k.agentId);
+            const missing = expected.map((e) => e.agentId).filter((id) => !acked.includes(id));
+            const reply: HaltReply = {
+              haltId,
+              acked,
+              missing,
+              aborted: acks.reduce((n, k) => n + k.aborted, 0),
+              unknownOutcomes: [],
+            };
+            await record({
+              action: 'halt.acks',
+              details: { haltId, acked: acked.length, missing },
+            });
+            return reply;
+          },
+          { queue: SUPERVISOR_QUEUE, reply: HaltReply, runOf: () => undefined },
+        );
+        a.handle(
+          subjects.ctlResume,
+          HaltRequest,
+          async (req) => {
+            await halts.clear(req.scope);
+            await record({
+              action: 'resume',
+              ...(req.scope.kind === 'run' ? { runId: req.scope.runId } : {}),
+              details: { scope: req.scope, reason: req.reason, requestedBy: req.requestedBy },
+            });
+            const acks = await broadcastControl(runtime, {
+              type: 'resume',
+              scope: req.scope,
+              reason: req.reason,
+              deadlineMs: Math.min(req.deadlineMs, 1000),
+            });
+            if (req.scope.kind === 'run') {
+              const run = await runs.get(req.scope.runId);
+              if (run && (run.status === 'halted' || run.status === 'paused')) {
+                const resumed = await runs.setStatus(run.runId, 'running');
+                await enqueue(resumed, `resume-${newId()}`);
+              }
+            }
+            return {
+              haltId: newId('h'),
+              acked: acks.map((k) => k.agentId).filter((id) => id !== agentId),
+              missing: [],
+              aborted: 0,
+              unknownOutcomes: [],
+            };
+          },
+          { queue: SUPERVISOR_QUEUE, reply: HaltReply, runOf: () => undefined },
+        );
+        a.handle(
+          subjects.ctlPause,
+          HaltRequest,
+          async (req) => {
+            await record({
+              action: 'pause',
+              ...(req.scope.kind === 'run' ? { runId: req.scope.runId } : {}),
+              details: { scope: req.scope, reason: req.reason, requestedBy: req.requestedBy },
+            });
+            if (req.scope.kind === 'run') await runs.setStatus(req.scope.runId, 'paused');
+            const acks = await broadcastControl(runtime, {
+              type: 'pause',
+              scope: req.scope,
+              reason: req.reason,
+              deadlineMs: Math.min(req.deadlineMs, 1000),
+            });
+            return {
+              haltId: newId('h'),
+              acked: acks.map((k) => k.agentId).filter((id) => id !== agentId),
+              missing: [],
+              aborted: 0,
+              unknownOutcomes: [],
+            };
+          },
+          { queue: SUPERVISOR_QUEUE, reply: HaltReply, runOf: () => undefined },
+        );
+      },
+    }),
+  );
+
+  const reaper: Reaper = ledger.startReaper(options.reaperIntervalMs ?? 5_000, {
+    onReaped: (reaped) => {
+      for (const r of reaped) {
+        void record({
+          action: 'reap',
+          details: { scope: r.scope, grantId: r.grantId, amount: r.amount },
+        }).catch(() => undefined);
+      }
+    },
+    onError: (err) => logger.warn({ err }, 'reaper pass failed'),
+  });
+
+  logger.info({ publicKey: signer.publicKey }, 'supervisor started');
+  const stop = async () => {
+    await reaper.stop();
+    await actor.stop();
+  };
+  return {
+    actor,
+    ledger,
+    audit,
+    publicKey: signer.publicKey,
+    stop,
+    [Symbol.asyncDispose]: stop,
+  };
+}

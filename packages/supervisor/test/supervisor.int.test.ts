@@ -1,0 +1,406 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { z } from 'zod';
+import { pack } from 'msgpackr';
+import {
+  ActRequest,
+  AuthorizeRequest,
+  BudgetExceededError,
+  BudgetReport,
+  Decision,
+  ExecuteRequest,
+  HaltReply,
+  HaltRequest,
+  HaltedError,
+  NotFoundError,
+  PolicyDeniedError,
+  RunRecord,
+  RunStartRequest,
+  SettleReply,
+  SettleRequest,
+  ToolResult,
+  createGrantSigner,
+  verifyGrant,
+  hashArgs,
+} from '@reins/protocol';
+import { Runtime, createLogger, defineActor } from '@reins/runtime';
+import { startNatsServer, type NatsServer } from '@reins/testing';
+import { readAudit, startSupervisor, verifyAudit, type Supervisor } from '../src/index.js';
+
+const quiet = () => createLogger({ level: process.env['REINS_LOG_LEVEL'] ?? 'silent' });
+const { signer, seed } = createGrantSigner();
+
+const policy = {
+  rules: [
+    { id: 'read.any', match: { tool: 'read_*' }, effect: 'allow' as const },
+    {
+      id: 'pay.small',
+      match: { tool: 'pay' },
+      effect: 'allow' as const,
+      args: [{ path: 'amount', max: 100 }],
+    },
+    {
+      id: 'pay.big',
+      match: { tool: 'pay' },
+      effect: 'approve' as const,
+      args: [{ path: 'amount', min: 100.01 }],
+    },
+    { id: 'no.delete', match: { tool: 'delete_*' }, effect: 'deny' as const },
+    { id: 'echo.any', match: { tool: 'echo' }, effect: 'allow' as const },
+  ],
+};
+
+describe('supervisor actor', () => {
+  let nats: NatsServer;
+  const runtimes: Runtime[] = [];
+  const supervisors: Supervisor[] = [];
+  let client: Runtime;
+  let toolCalls = 0;
+
+  beforeAll(async () => {
+    nats = await startNatsServer();
+    for (let i = 0; i < 3; i++) {
+      const rt = await Runtime.connect({ servers: nats.url, logger: quiet(), heartbeatMs: 500 });
+      runtimes.push(rt);
+      supervisors.push(
+        await startSupervisor(rt, {
+          agentId: `sv${i}`,
+          signer: (await import('@reins/protocol')).grantSignerFromSeed(seed),
+          policy,
+          leaseMs: 800,
+          reaperIntervalMs: 100,
+          breakers: { repeat: { k: 3, windowMs: 60_000 } },
+        }),
+      );
+    }
+    client = await Runtime.connect({
+      servers: nats.url,
+      logger: quiet(),
+      ensureInfrastructure: false,
+    });
+    // A minimal executor: verifies the grant and echoes.
+    const exec = await Runtime.connect({ servers: nats.url, logger: quiet() });
+    runtimes.push(exec);
+    await exec.start(
+      defineActor({
+        role: 'executor',
+        setup(a) {
+          for (const tool of ['echo', 'read_file', 'pay']) {
+            a.handle(
+              exec.subjects.exec(tool),
+              ExecuteRequest,
+              (req) => {
+                verifyGrant(req.grant, {
+                  trustedIssuers: [signer.publicKey],
+                  expect: {
+                    runId: req.runId,
+                    tool: req.tool,
+                    argsHash: hashArgs(req.args),
+                    idempotencyKey: req.idempotencyKey,
+                  },
+                });
+                toolCalls++;
+                return {
+                  ok: true as const,
+                  tool: req.tool,
+                  idempotencyKey: req.idempotencyKey,
+                  output: req.args,
+                  replayed: false,
+                  durationMs: 0,
+                };
+              },
+              { reply: ToolResult, queue: `exec.${tool}` },
+            );
+          }
+        },
+      }),
+    );
+  });
+
+  afterAll(async () => {
+    await client.close();
+    for (const s of supervisors) await s.stop();
+    for (const rt of runtimes) await rt.close();
+    await nats.stop();
+  });
+
+  const start = (
+    budget: z.input<typeof RunStartRequest>['budget'],
+    extra: Partial<z.input<typeof RunStartRequest>> = {},
+  ) =>
+    client.request(client.subjects.runsStart, RunStartRequest, RunRecord, {
+      goal: 'test',
+      budget,
+      ...extra,
+    });
+  const authorize = (runId: string, usd: number, agentId = 'p1') =>
+    client.request(
+      client.subjects.authorize,
+      AuthorizeRequest,
+      Decision,
+      {
+        runId,
+        agentId,
+        role: 'planner',
+        stepId: 's1',
+        kind: 'llm',
+        model: 'scripted',
+        estimate: { inputTokens: 10, outputTokens: 10, usd },
+      },
+      { timeoutMs: 30_000 },
+    );
+  const act = (
+    runId: string,
+    tool: string,
+    args: Record<string, unknown>,
+    key = `${runId}:${tool}:${JSON.stringify(args).length}:${Math.random().toString(36).slice(2)}`,
+  ) =>
+    client.request(client.subjects.act, ActRequest, ToolResult, {
+      runId,
+      agentId: 'p1',
+      role: 'planner',
+      stepId: 's1',
+      tool,
+      args,
+      idempotencyKey: key,
+    });
+
+  it('admits a run and queues it; unknown runs are refused', async () => {
+    const run = await start({ usd: 1, steps: 10 });
+    expect(run.status).toBe('queued');
+    expect(run.runId).toMatch(/^run_/);
+    await expect(
+      client.request(client.subjects.runsGet, z.object({ runId: z.string() }), RunRecord, {
+        runId: 'nope',
+      }),
+    ).rejects.toBeInstanceOf(NotFoundError);
+    const d = await authorize('nope', 0.01);
+    expect(d).toMatchObject({ decision: 'deny', rule: 'run.unknown' });
+  });
+
+  it('budget race: cap $1.00, 200 concurrent $0.10 reservations over 3 supervisors → exactly 10 granted; settles add up to the cent', async () => {
+    const run = await start({ usd: 1, steps: 1000 });
+    const decisions = await Promise.all(
+      Array.from({ length: 200 }, () => authorize(run.runId, 0.1)),
+    );
+    const grants = decisions.filter((d) => d.decision === 'grant');
+    expect(grants).toHaveLength(10);
+    expect(
+      decisions
+        .filter((d) => d.decision === 'deny')
+        .every((d) => d.decision === 'deny' && d.error.code === 'BUDGET_EXCEEDED'),
+    ).toBe(true);
+    const issuers = new Set(grants.map((g) => (g.decision === 'grant' ? g.grant.issuer : '')));
+    expect(issuers).toEqual(new Set([signer.publicKey]));
+    let expected = 0;
+    for (const [i, g] of grants.entries()) {
+      if (g.decision !== 'grant') continue;
+      const usd = Math.round((0.01 + i * 0.007) * 100) / 100;
+      expected += usd;
+      const r = await client.request(client.subjects.settle, SettleRequest, SettleReply, {
+        grantId: g.grant.grantId,
+        runId: run.runId,
+        agentId: 'p1',
+        actual: { usd, inputTokens: 5, outputTokens: 5, steps: 1 },
+      });
+      expect(r).toEqual({ settled: true, duplicate: false });
+      // settling twice counts once
+      expect(
+        await client.request(client.subjects.settle, SettleRequest, SettleReply, {
+          grantId: g.grant.grantId,
+          runId: run.runId,
+          agentId: 'p1',
+          actual: { usd, steps: 1 },
+        }),
+      ).toMatchObject({ duplicate: true });
+    }
+    const report = await client.request(
+      client.subjects.runsBudget,
+      z.object({ runId: z.string() }),
+      BudgetReport,
+      { runId: run.runId },
+    );
+    expect(Math.round(report.committed.usd * 100)).toBe(Math.round(expected * 100));
+    expect(report.reserved.usd).toBe(0);
+    expect(report.committed.steps).toBe(10);
+  });
+
+  it('step cap: a run with budget.steps = N gets exactly N model-call grants', async () => {
+    const run = await start({ steps: 4 });
+    const results: string[] = [];
+    for (let i = 0; i < 6; i++) results.push((await authorize(run.runId, 0)).decision);
+    expect(results).toEqual(['grant', 'grant', 'grant', 'grant', 'deny', 'deny']);
+  });
+
+  it('returns a reservation whose holder never settles after its lease', async () => {
+    const run = await start({ usd: 0.5 });
+    expect((await authorize(run.runId, 0.5)).decision).toBe('grant');
+    expect((await authorize(run.runId, 0.1)).decision).toBe('deny');
+    await expect
+      .poll(
+        async () =>
+          (
+            await client.request(
+              client.subjects.runsBudget,
+              z.object({ runId: z.string() }),
+              BudgetReport,
+              { runId: run.runId },
+            )
+          ).reserved.usd,
+        { timeout: 10_000, interval: 100 },
+      )
+      .toBe(0);
+    expect((await authorize(run.runId, 0.1)).decision).toBe('grant');
+  });
+
+  it('forwards allowed tool calls to an executor with a signed grant; denies by policy with the rule', async () => {
+    const run = await start({ steps: 10 });
+    const before = toolCalls;
+    const res = await act(run.runId, 'read_file', { path: 'a.txt' });
+    expect(res).toMatchObject({ ok: true, output: { path: 'a.txt' } });
+    expect(await act(run.runId, 'pay', { amount: 5 })).toMatchObject({ ok: true });
+    const cases: [string, Record<string, unknown>, string][] = [
+      ['delete_everything', {}, 'no.delete'],
+      ['launch_missiles', {}, 'default.deny'],
+      ['reаd_file', { path: 'a' }, 'default.deny'], // Cyrillic а
+      ['pay', { amount: 500 }, 'pay.big'],
+    ];
+    for (const [tool, args, rule] of cases) {
+      const err = await act(run.runId, tool, args).catch((e: unknown) => e);
+      expect(err, tool).toBeInstanceOf(tool === 'reаd_file' ? Error : PolicyDeniedError);
+      if (err instanceof PolicyDeniedError) expect(err.details?.['rule']).toBe(rule);
+    }
+    expect(toolCalls - before).toBe(2);
+  });
+
+  it('repeat breaker trips at exactly K identical calls and stops the run', async () => {
+    const run = await start({ steps: 10 });
+    expect(await act(run.runId, 'echo', { same: 1 })).toMatchObject({ ok: true });
+    expect(await act(run.runId, 'echo', { same: 1 })).toMatchObject({ ok: true });
+    await expect(act(run.runId, 'echo', { same: 1 })).rejects.toBeInstanceOf(HaltedError);
+    const rec = await client.request(
+      client.subjects.runsGet,
+      z.object({ runId: z.string() }),
+      RunRecord,
+      { runId: run.runId },
+    );
+    expect(rec).toMatchObject({ status: 'stopped', stopReason: 'BREAKER' });
+    expect((await authorize(run.runId, 0)).decision).toBe('deny');
+  });
+
+  it('halt refuses grants for the run from that moment; resume grants again', async () => {
+    const run = await start({ steps: 10 });
+    expect((await authorize(run.runId, 0)).decision).toBe('grant');
+    const halt = await client.request(client.subjects.ctlHalt, HaltRequest, HaltReply, {
+      scope: { kind: 'run', runId: run.runId },
+      reason: 'stop it',
+      deadlineMs: 300,
+    });
+    expect(halt.haltId).toMatch(/^h_/);
+    expect(await authorize(run.runId, 0)).toMatchObject({
+      decision: 'deny',
+      error: { code: 'HALTED' },
+    });
+    await expect(act(run.runId, 'echo', { x: 1 })).rejects.toBeInstanceOf(HaltedError);
+    await client.request(client.subjects.ctlResume, HaltRequest, HaltReply, {
+      scope: { kind: 'run', runId: run.runId },
+      reason: 'go on',
+      deadlineMs: 300,
+    });
+    await expect
+      .poll(async () => (await authorize(run.runId, 0)).decision, { timeout: 5000 })
+      .toBe('grant');
+  });
+
+  it('a child run is carved out of its parent and cannot exceed it', async () => {
+    const parent = await start({ usd: 1, steps: 100 });
+    await expect(start({ usd: 2 }, { parentRunId: parent.runId })).rejects.toBeInstanceOf(
+      BudgetExceededError,
+    );
+    const child = await start({ usd: 0.6 }, { parentRunId: parent.runId });
+    expect(child.budget.usd).toBe(0.6);
+    expect(child.budget.steps).toBeLessThanOrEqual(100);
+    expect((await authorize(parent.runId, 0.5)).decision).toBe('deny'); // only 0.4 left in the parent
+    expect((await authorize(child.runId, 0.6)).decision).toBe('grant');
+    expect((await authorize(child.runId, 0.01)).decision).toBe('deny');
+  });
+
+  it('never grants on hostile input to any supervisor subject, and keeps serving', async () => {
+    const subjects = [
+      client.subjects.runsStart,
+      client.subjects.runsGet,
+      client.subjects.runsList,
+      client.subjects.runsBudget,
+      client.subjects.runsEnd,
+      client.subjects.authorize,
+      client.subjects.settle,
+      client.subjects.act,
+      client.subjects.ctlHalt,
+      client.subjects.ctlResume,
+      client.subjects.ctlPause,
+    ];
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom(...subjects),
+        fc.oneof(
+          fc.uint8Array({ maxLength: 300 }),
+          fc.anything().map((v) => {
+            try {
+              return pack(v);
+            } catch {
+              return new Uint8Array([0xc1]);
+            }
+          }),
+        ),
+        async (subject, bytes) => {
+          const reply = await client.nc.request(subject, bytes, { timeout: 5000 });
+          // An empty map is a valid `runs.list` (all defaults); anything else must be refused.
+          if (reply.headers?.get('Reins-Error') !== '1')
+            expect(subject).toBe(client.subjects.runsList);
+        },
+      ),
+      { numRuns: 150 },
+    );
+    // well-typed but hostile values
+    const hostile = [
+      {
+        runId: '../../etc',
+        agentId: 'p',
+        role: 'planner',
+        stepId: 's',
+        kind: 'llm',
+        model: 'm',
+        estimate: { inputTokens: 1, outputTokens: 1, usd: NaN },
+      },
+      {
+        runId: 'r',
+        agentId: 'p',
+        role: 'planner',
+        stepId: 's',
+        kind: 'llm',
+        model: 'm',
+        estimate: { inputTokens: -1, outputTokens: 1, usd: 0 },
+      },
+      JSON.parse(
+        '{"runId":"r","agentId":"p","role":"planner","stepId":"s","kind":"llm","model":"m","estimate":{"inputTokens":1,"outputTokens":1,"usd":0},"__proto__":{"decision":"grant"}}',
+      ),
+    ];
+    for (const h of hostile) {
+      const reply = await client.nc.request(client.subjects.authorize, pack(h), { timeout: 5000 });
+      expect(reply.headers?.get('Reins-Error')).toBe('1');
+    }
+    const run = await start({ steps: 2 });
+    expect((await authorize(run.runId, 0)).decision).toBe('grant');
+  });
+
+  it('audits every decision in hash chains that verify', async () => {
+    const entries = [];
+    for await (const e of readAudit(client.nc)) entries.push(e);
+    expect(entries.length).toBeGreaterThan(30);
+    expect(new Set(entries.map((e) => e.writer))).toEqual(new Set(['sv0', 'sv1', 'sv2']));
+    const actions = new Set(entries.map((e) => e.action));
+    for (const a of ['admit', 'grant', 'deny', 'settle', 'halt', 'resume', 'breaker', 'reap'])
+      expect(actions, a).toContain(a);
+    expect(await verifyAudit(entries)).toMatchObject({ ok: true });
+  });
+});
