@@ -1,1 +1,3 @@
-export {};
+export { startExecutor } from './executor.js';
+export type { Executor, ExecutorOptions } from './executor.js';
+export { IdempotencyRecord, idempotencyKvKey } from './idempotency.js';

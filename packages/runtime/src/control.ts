@@ -26,7 +26,8 @@ export async function broadcastControl(
   const acks: ControlAck[] = [];
   const seen = new Set<string>();
   const replies = await runtime.nc.requestMany(subject, encode(ControlMessage, msg), {
-    strategy: 'timer',
+    // 'count' ends as soon as the expected acks are in (maxWait still bounds it); 'timer' waits out the window.
+    strategy: options.expectAcks ? 'count' : 'timer',
     maxWait: msg.deadlineMs + (options.graceMs ?? 500),
     headers: payloadHeaders(ControlMessage),
     ...(options.expectAcks ? { maxMessages: options.expectAcks } : {}),

@@ -73,7 +73,7 @@ export interface SupervisorOptions {
    * Tool policy (compiled or a document). Without one every tool call is denied
    * (`default.deny`): fail closed. Load a file with `loadPolicyFile`.
    */
-  policy?: Policy | PolicyDocument;
+  policy?: Policy | z.input<typeof PolicyDocument>;
   /** Breaker settings (repeat, no-progress, velocity, action cap). */
   breakers?: z.input<typeof BreakerConfig>;
   /** Lifetime of a grant (default 60 s; a tool grant lives at least its timeout). */

@@ -1,0 +1,596 @@
+import {
+  AckPolicy,
+  DeliverPolicy,
+  jetstreamManager,
+  type Consumer,
+  type ConsumerMessages,
+  type JsMsg,
+} from '@nats-io/jetstream';
+import {
+  AbortedError,
+  ActRequest,
+  AuthorizeRequest,
+  Buckets,
+  Decision,
+  HaltedError,
+  PausedError,
+  PayloadTooLargeError,
+  ReinsError,
+  RunEndRequest,
+  RunGetRequest,
+  RunRecord,
+  RunStartRequest,
+  SettleRequest,
+  Streams,
+  Task,
+  ToolResult,
+  UnavailableError,
+  decode,
+  encode,
+  fromWireError,
+  toWireError,
+  type StopReason,
+  type Grant,
+} from '@reins/protocol';
+import {
+  budgetEstimate,
+  costOf,
+  toolResultMessage,
+  type ChatMessage,
+  type GenerateRequest,
+  type Model,
+  type ParsedToolCall,
+  type ToolSpec,
+} from '@reins/models';
+import {
+  defineActor,
+  openBucket,
+  type Actor,
+  type Runtime,
+  type WorkContext,
+} from '@reins/runtime';
+import { RunStateStore, type RunState } from './run-state.js';
+
+/** The tool a planner offers for delegating a sub-goal to another role as a child run. */
+export const DELEGATE_TOOL = 'delegate';
+
+/** Options of `startPlanner`. */
+export interface PlannerOptions {
+  /** The role this planner pool serves (`task.<role>`; default `planner`). */
+  role?: string;
+  agentId?: string;
+  /** The model that thinks. */
+  model: Model | ((run: RunRecord) => Model);
+  /** Tools offered to the model (executors run them). Build with `toolSpec(tool)`. */
+  tools: readonly ToolSpec[];
+  /** System prompt. */
+  system?: string;
+  /** Roles this planner may delegate sub-goals to (adds the `delegate` tool). */
+  delegateTo?: readonly string[];
+  /** Most messages kept in run state; older ones go to `summarize` (default 200). */
+  maxHistory?: number;
+  /** Turns trimmed history into a summary kept in state (default: drop it). */
+  summarize?: (
+    trimmed: readonly ChatMessage[],
+    previous: string | undefined,
+  ) => string | Promise<string>;
+  /** Output cap per model call (default: the model's). */
+  maxOutputTokens?: number;
+  /** Tasks handled at once (default 4). */
+  concurrency?: number;
+  /** How long a planner may hold a run before another may take it (default 60 s). */
+  leaseMs?: number;
+  /** JetStream ack wait of the task consumer (default 30 s); in-progress is signalled meanwhile. */
+  ackWaitMs?: number;
+  /** Tool call timeout (default 30 s). */
+  toolTimeoutMs?: number;
+  /** Wait for a delegated child run at most this long (default 10 min). */
+  childTimeoutMs?: number;
+}
+
+const STOP_BY_CODE: Record<string, StopReason> = {
+  BUDGET_EXCEEDED: 'BUDGET_EXCEEDED',
+  HALTED: 'HALTED',
+  POLICY_DENIED: 'POLICY_DENIED',
+};
+
+/** Ends the step without ending the run: the run is halted or paused and will be resumed. */
+class Suspend extends Error {}
+
+/**
+ * Starts a planner: a durable pull consumer on `REINS_TASKS` (`task.<role>`) that runs one
+ * governed ReAct step per task — authorize → model call → settle, then each tool call through
+ * `sv.act` (the supervisor forwards it to an executor with a signed grant) — persists the step
+ * in KV, enqueues the next step and only then acks. A crashed planner's task is redelivered and
+ * another planner resumes from the persisted state; idempotency keys derive from runId + step +
+ * call index, so no side effect repeats.
+ */
+export async function startPlanner(runtime: Runtime, options: PlannerOptions): Promise<Actor> {
+  const role = options.role ?? 'planner';
+  const subjects = runtime.subjects;
+  const store = new RunStateStore(await openBucket(runtime.nc, Buckets.runs));
+  const leaseMs = options.leaseMs ?? 60_000;
+  const ackWaitMs = options.ackWaitMs ?? 30_000;
+  const maxHistory = options.maxHistory ?? 200;
+  const toolTimeoutMs = options.toolTimeoutMs ?? 30_000;
+  const delegateTo = options.delegateTo ?? [];
+  const tools: ToolSpec[] = [...options.tools];
+  if (delegateTo.length) {
+    tools.push({
+      name: DELEGATE_TOOL,
+      description: `Delegate a sub-goal to another agent role (${delegateTo.join(', ')}) as a child run with its own share of this run's budget. Returns the child's answer.`,
+      parameters: {
+        type: 'object',
+        properties: {
+          role: { type: 'string', enum: [...delegateTo] },
+          goal: { type: 'string' },
+          budgetUsd: { type: 'number' },
+          maxSteps: { type: 'integer' },
+        },
+        required: ['role', 'goal'],
+        additionalProperties: false,
+      },
+    });
+  }
+
+  const jsm = await jetstreamManager(runtime.nc);
+  const durable = `planner-${role}`;
+  await jsm.consumers
+    .add(Streams.tasks, {
+      durable_name: durable,
+      filter_subject: subjects.task(role),
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ack_wait: ackWaitMs * 1_000_000,
+      max_ack_pending: 1000,
+    })
+    .catch(async (err: unknown) => {
+      // Exists with another config (e.g. ack wait changed): update it.
+      if (!/already in use|exists/i.test(String((err as Error).message))) throw err;
+      await jsm.consumers.update(Streams.tasks, durable, { ack_wait: ackWaitMs * 1_000_000 });
+    });
+  const consumer: Consumer = await runtime.js.consumers.get(Streams.tasks, durable);
+
+  let messages: ConsumerMessages | undefined;
+  const actor = await runtime.start(
+    defineActor({
+      role,
+      ...(options.agentId ? { agentId: options.agentId } : {}),
+      async setup(a) {
+        messages = await consumer.consume({
+          max_messages: options.concurrency ?? 4,
+          callback: (m) => void handleTask(a, m),
+        });
+        a.own({ stop: async () => void (await messages?.close().catch(() => undefined)) });
+      },
+    }),
+  );
+
+  async function handleTask(a: Actor, m: JsMsg): Promise<void> {
+    let task: Task;
+    try {
+      task = decode(Task, m.data, { name: 'task' });
+    } catch (err) {
+      a.logger.warn({ err }, 'malformed task dropped');
+      m.term();
+      return;
+    }
+    const keepAlive = setInterval(() => m.working(), Math.max(1000, ackWaitMs / 3));
+    try {
+      await a.work({ runId: task.runId, label: 'step' }, (ctx) => step(a, task.runId, ctx));
+      m.ack();
+    } catch (err) {
+      if (
+        err instanceof Suspend ||
+        (err instanceof ReinsError && (err.code === 'HALTED' || err.code === 'PAUSED'))
+      ) {
+        // Resume re-enqueues the run; this task is done.
+        m.ack();
+      } else if (err instanceof ReinsError && err.retryable) {
+        a.logger.warn({ err, runId: task.runId }, 'step failed; will retry');
+        m.nak(2000);
+      } else {
+        a.logger.error({ err, runId: task.runId }, 'step failed; ending the run');
+        await endRun(a, task.runId, 'failed', {
+          stopReason: 'ERROR',
+          error: toWireError(err),
+        }).catch(() => undefined);
+        m.ack();
+      }
+    } finally {
+      clearInterval(keepAlive);
+    }
+  }
+
+  async function endRun(
+    a: Actor,
+    runId: string,
+    status: 'completed' | 'stopped' | 'failed',
+    extra: {
+      answer?: string;
+      stopReason?: StopReason;
+      error?: ReturnType<typeof toWireError>;
+    } = {},
+  ): Promise<void> {
+    await runtime.request(subjects.runsEnd, RunEndRequest, RunRecord, {
+      runId,
+      agentId: a.agentId,
+      status,
+      ...extra,
+    });
+  }
+
+  /** One governed step of a run. */
+  async function step(a: Actor, runId: string, ctx: WorkContext): Promise<void> {
+    const run = await runtime.request(
+      subjects.runsGet,
+      RunGetRequest,
+      RunRecord,
+      { runId },
+      { signal: ctx.signal },
+    );
+    if (run.status === 'halted') throw new Suspend();
+    if (run.status === 'paused') throw new Suspend();
+    if (run.status === 'completed' || run.status === 'stopped' || run.status === 'failed') return;
+
+    // Claim the run (one planner at a time); a crashed holder's lease expires.
+    let { state, revision } = await store.load(runId);
+    if (state.done) return;
+    const now = Date.now();
+    if (state.owner && state.owner !== a.agentId && (state.leaseUntil ?? 0) > now) {
+      ctx.logger.debug(
+        { owner: state.owner },
+        'run held by another planner; dropping duplicate task',
+      );
+      return;
+    }
+    state = { ...state, owner: a.agentId, leaseUntil: now + leaseMs };
+    revision = await store.save(state, revision);
+
+    const model = typeof options.model === 'function' ? options.model(run) : options.model;
+    const stepNo = state.step + 1;
+    const stepId = `s${stepNo}`;
+    const trace = (
+      event: string,
+      data: Record<string, unknown>,
+      ids: { spanId?: string; parentId?: string } = {},
+    ) => a.trace(runId, event, data, { stepId, ...ids });
+
+    let pending = state.pending;
+    if (!pending || pending.step !== stepNo) {
+      trace('step.start', {
+        step: stepNo,
+        goal: stepNo === 1 ? run.goal.slice(0, 500) : undefined,
+      });
+      const conversation = buildConversation(run, state);
+      const request: Omit<GenerateRequest, 'signal'> = {
+        messages: conversation,
+        tools,
+        ...(options.maxOutputTokens ? { maxOutputTokens: options.maxOutputTokens } : {}),
+      };
+      const estimate = budgetEstimate(model, request, { usdBudget: run.budget.usd !== undefined });
+      const decision = await runtime.request(
+        subjects.authorize,
+        AuthorizeRequest,
+        Decision,
+        { runId, agentId: a.agentId, role, stepId, kind: 'llm', model: model.name, estimate },
+        { signal: ctx.signal, timeoutMs: 10_000 },
+      );
+      if (decision.decision !== 'grant') {
+        const err =
+          decision.decision === 'deny'
+            ? fromWireError(decision.error)
+            : new PausedError('approval pending');
+        trace('step.end', { step: stepNo, denied: err.code, rule: decision.rule });
+        if (err.code === 'HALTED' || err.code === 'PAUSED' || decision.decision === 'pending')
+          throw new Suspend();
+        const isStepCap = err.code === 'BUDGET_EXCEEDED' && err.details?.['dimension'] === 'steps';
+        await endRun(a, runId, 'stopped', {
+          stopReason: isStepCap ? 'STEP_CAP' : (STOP_BY_CODE[err.code] ?? 'ERROR'),
+          error: toWireError(err),
+        });
+        await store
+          .save({ ...state, done: true, owner: undefined, leaseUntil: undefined }, revision)
+          .catch(() => undefined);
+        return;
+      }
+      const grant = decision.grant;
+      trace(
+        'model.call',
+        { model: model.name, estimate, grantId: grant.grantId },
+        { spanId: `${stepId}-m`, parentId: stepId },
+      );
+      let result;
+      try {
+        result = await model.generate({ ...request, signal: ctx.signal });
+      } catch (err) {
+        settle(grant, { inputTokens: estimate.inputTokens, outputTokens: 0, usd: 0 }, 'error');
+        throw err;
+      }
+      const usd = costOrZero(model, result.usage);
+      settle(grant, { ...result.usage, usd }, 'ok');
+      trace(
+        'model.result',
+        {
+          model: result.model,
+          usage: result.usage,
+          usd,
+          finishReason: result.finishReason,
+          toolCalls: result.toolCalls.map((c) => c.name),
+          text: result.message.content?.slice(0, 500),
+        },
+        { spanId: `${stepId}-m`, parentId: stepId },
+      );
+      if (result.toolCalls.length === 0) {
+        const answer = result.message.content ?? '';
+        const history = [...state.history, result.message];
+        await save(
+          {
+            ...state,
+            step: stepNo,
+            history,
+            done: true,
+            owner: undefined,
+            leaseUntil: undefined,
+            pending: undefined,
+          },
+          revision,
+        );
+        trace('step.end', { step: stepNo, final: true });
+        await endRun(a, runId, 'completed', { answer });
+        return;
+      }
+      pending = { step: stepNo, assistant: result.message, results: {} };
+      state = { ...state, pending };
+      revision = await save(state, revision);
+    }
+
+    // Run every tool call of the step (again, after a crash: results are idempotent).
+    const assistant = pending.assistant;
+    const calls = assistant.role === 'assistant' ? (assistant.toolCalls ?? []) : [];
+    const parsed = calls.map((c) => parseCall(c));
+    const results = { ...pending.results };
+    await Promise.all(
+      parsed.map(async (call, i) => {
+        if (results[call.id]) return;
+        results[call.id] = await runToolCall(a, run, stepNo, stepId, i, call, ctx, trace);
+      }),
+    );
+    const toolMessages = parsed
+      .map((c) => results[c.id])
+      .filter((m): m is ChatMessage => m !== undefined);
+    const history = [...state.history, assistant, ...toolMessages];
+    const trimmed = await trimHistory(history, state.summary);
+    await save(
+      {
+        ...state,
+        step: stepNo,
+        history: trimmed.history,
+        ...(trimmed.summary !== undefined ? { summary: trimmed.summary } : {}),
+        pending: undefined,
+      },
+      revision,
+    );
+    trace('step.end', { step: stepNo, tools: parsed.length });
+    // Next step: deduplicated by step number, so a redelivered task cannot fork the run.
+    const next: Task = { runId, role, step: stepNo, enqueuedAt: Date.now() };
+    await runtime.js.publish(subjects.task(role), encode(Task, next), {
+      msgID: `${runId}:${stepNo}`,
+    });
+  }
+
+  async function save(state: RunState, revision: number): Promise<number> {
+    try {
+      return await store.save(state, revision);
+    } catch (err) {
+      if (!(err instanceof PayloadTooLargeError)) throw err;
+      // History too large for one KV value: keep the most recent half and retry.
+      const keep = Math.max(4, Math.floor(state.history.length / 2));
+      return save({ ...state, history: state.history.slice(-keep) }, revision);
+    }
+  }
+
+  async function trimHistory(
+    history: ChatMessage[],
+    summary: string | undefined,
+  ): Promise<{ history: ChatMessage[]; summary?: string }> {
+    if (history.length <= maxHistory)
+      return { history, ...(summary !== undefined ? { summary } : {}) };
+    let cut = history.length - maxHistory;
+    // Never split an assistant turn from its tool results.
+    while (cut < history.length && history[cut]?.role === 'tool') cut++;
+    const dropped = history.slice(0, cut);
+    const next = options.summarize ? await options.summarize(dropped, summary) : summary;
+    return { history: history.slice(cut), ...(next !== undefined ? { summary: next } : {}) };
+  }
+
+  function buildConversation(run: RunRecord, state: RunState): ChatMessage[] {
+    const system =
+      options.system ?? 'You are a careful agent. Use the tools to reach the goal, then answer.';
+    const goal = run.input ? `${run.goal}\n\nInput:\n${JSON.stringify(run.input)}` : run.goal;
+    const out: ChatMessage[] = [
+      { role: 'system', content: system },
+      { role: 'user', content: goal },
+    ];
+    if (state.summary)
+      out.push({ role: 'user', content: `Summary of earlier steps: ${state.summary}` });
+    return [...out, ...state.history];
+  }
+
+  function settle(
+    grant: Grant,
+    actual: { inputTokens: number; outputTokens: number; usd: number },
+    outcome: 'ok' | 'error',
+  ): void {
+    try {
+      runtime.publish(subjects.settle, SettleRequest, {
+        grantId: grant.grantId,
+        runId: grant.runId,
+        agentId: grant.agentId,
+        actual: { ...actual, steps: 1 },
+        outcome,
+      });
+    } catch (err) {
+      runtime.logger.error(
+        { err, grantId: grant.grantId },
+        'settle could not be sent; the reservation will be reaped',
+      );
+    }
+  }
+
+  async function runToolCall(
+    a: Actor,
+    run: RunRecord,
+    stepNo: number,
+    stepId: string,
+    index: number,
+    call: ParsedToolCall,
+    ctx: WorkContext,
+    trace: (
+      event: string,
+      data: Record<string, unknown>,
+      ids?: { spanId?: string; parentId?: string },
+    ) => void,
+  ): Promise<ChatMessage> {
+    const spanId = `${stepId}-t${index}`;
+    const idempotencyKey = `${run.runId}.${stepNo}.${index}`;
+    trace(
+      'tool.call',
+      {
+        tool: call.name,
+        args: call.valid ? call.args : call.arguments.slice(0, 500),
+        idempotencyKey,
+      },
+      { spanId, parentId: stepId },
+    );
+    const done = (outcome: Parameters<typeof toolResultMessage>[2]): ChatMessage => {
+      trace(
+        'tool.result',
+        outcome.ok
+          ? { tool: call.name, ok: true, output: preview(outcome.output) }
+          : { tool: call.name, ok: false, error: outcome.error },
+        { spanId, parentId: stepId },
+      );
+      return toolResultMessage(call.id, call.name, outcome);
+    };
+    if (!call.valid)
+      return done({ ok: false, error: { code: 'BAD_REQUEST', message: call.error } });
+    try {
+      if (call.name === DELEGATE_TOOL && delegateTo.length) {
+        const output = await delegate(a, run, call.args, idempotencyKey, ctx, spanId);
+        return done({ ok: true, output });
+      }
+      const res = await runtime.request(
+        subjects.act,
+        ActRequest,
+        ToolResult,
+        {
+          runId: run.runId,
+          agentId: a.agentId,
+          role,
+          stepId,
+          tool: call.name,
+          args: call.args,
+          idempotencyKey,
+          timeoutMs: toolTimeoutMs,
+        },
+        { signal: ctx.signal, timeoutMs: toolTimeoutMs + 5_000 },
+      );
+      return done(res.ok ? { ok: true, output: res.output } : { ok: false, error: res.error });
+    } catch (err) {
+      // The run itself is halted or paused: stop this step without recording a result.
+      if (
+        err instanceof ReinsError &&
+        (err.code === 'HALTED' || err.code === 'PAUSED' || err.code === 'ABORTED')
+      )
+        throw err;
+      if (err instanceof ReinsError && err.retryable && err.code !== 'TIMEOUT') throw err;
+      return done({ ok: false, error: toWireError(err) });
+    }
+  }
+
+  async function delegate(
+    a: Actor,
+    run: RunRecord,
+    args: Record<string, unknown>,
+    key: string,
+    ctx: WorkContext,
+    spanId: string,
+  ): Promise<unknown> {
+    const childRole = typeof args['role'] === 'string' ? args['role'] : '';
+    if (!delegateTo.includes(childRole))
+      throw new HaltedError(`cannot delegate to role ${childRole}`);
+    const budget: Record<string, number> = {};
+    if (typeof args['budgetUsd'] === 'number') budget['usd'] = args['budgetUsd'];
+    if (typeof args['maxSteps'] === 'number') budget['steps'] = args['maxSteps'];
+    const child = await runtime.request(subjects.runsStart, RunStartRequest, RunRecord, {
+      goal: (typeof args['goal'] === 'string' ? args['goal'] : '').slice(0, 65_536) || 'sub-goal',
+      role: childRole,
+      parentRunId: run.runId,
+      budget,
+      idempotencyKey: key,
+      requestedBy: a.agentId,
+      ...(run.tenant ? { tenant: run.tenant } : {}),
+    });
+    a.trace(
+      run.runId,
+      'delegate.start',
+      { childRunId: child.runId, role: childRole },
+      { spanId, parentId: spanId.split('-')[0] ?? spanId },
+    );
+    const deadline = Date.now() + (options.childTimeoutMs ?? 600_000);
+    // Wait for the child's end; polling keeps this simple and robust across supervisor restarts.
+    for (;;) {
+      if (ctx.signal.aborted)
+        throw new AbortedError('delegation aborted', { cause: ctx.signal.reason });
+      const rec = await runtime.request(
+        subjects.runsGet,
+        RunGetRequest,
+        RunRecord,
+        { runId: child.runId },
+        { signal: ctx.signal },
+      );
+      if (rec.status === 'completed') return { childRunId: rec.runId, answer: rec.answer ?? '' };
+      if (rec.status === 'stopped' || rec.status === 'failed') {
+        return {
+          childRunId: rec.runId,
+          status: rec.status,
+          stopReason: rec.stopReason,
+          error: rec.error?.message,
+        };
+      }
+      if (Date.now() > deadline)
+        throw new UnavailableError(`child run ${rec.runId} did not finish in time`, {
+          retryable: false,
+        });
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
+  return actor;
+}
+
+function parseCall(c: { id: string; name: string; arguments: string }): ParsedToolCall {
+  try {
+    const args: unknown = JSON.parse(c.arguments);
+    if (typeof args === 'object' && args !== null && !Array.isArray(args)) {
+      return { ...c, valid: true, args: args as Record<string, unknown> };
+    }
+    return { ...c, valid: false, error: 'tool arguments must be a JSON object' };
+  } catch {
+    return { ...c, valid: false, error: 'tool arguments are not valid JSON' };
+  }
+}
+
+function costOrZero(model: Model, usage: { inputTokens: number; outputTokens: number }): number {
+  try {
+    return costOf(model, usage);
+  } catch {
+    return 0;
+  }
+}
+
+function preview(value: unknown): unknown {
+  const s = JSON.stringify(value) ?? 'null';
+  return s.length > 500 ? `${s.slice(0, 500)}…` : value;
+}
