@@ -76,3 +76,7 @@ export type { HttpFetchToolOptions } from './http-fetch-tool.js';
 export { MAX_EXPRESSION_CHARS, evaluateArithmetic, calculator } from './calculator.js';
 export { createScratchpad } from './scratchpad.js';
 export type { Scratchpad, ScratchpadOptions } from './scratchpad.js';
+export { TOOL_GROUPS, createToolbox } from './toolbox.js';
+export type { ToolGroup, ToolboxOptions } from './toolbox.js';
+export { delegateScript } from './delegate-script.js';
+export type { DelegateScriptOptions } from './delegate-script.js';

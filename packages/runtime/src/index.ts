@@ -24,3 +24,4 @@ export { mapTransportError } from './transport-errors.js';
 export { decodeReply, errorPayload, payloadHeaders, isErrorReply } from './wire.js';
 export { broadcastControl } from './control.js';
 export type { BroadcastOptions } from './control.js';
+export { parseEnv } from './env-config.js';

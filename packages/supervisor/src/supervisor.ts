@@ -247,10 +247,23 @@ export async function startSupervisor(
       },
     );
 
+  const reaper: Reaper = ledger.startReaper(options.reaperIntervalMs ?? 5_000, {
+    onReaped: (reaped) => {
+      for (const r of reaped) {
+        void record({
+          action: 'reap',
+          details: { scope: r.scope, grantId: r.grantId, amount: r.amount },
+        }).catch(() => undefined);
+      }
+    },
+    onError: (err) => logger.warn({ err }, 'reaper pass failed'),
+  });
   const actor = await runtime.start(
     defineActor({
       role: 'supervisor',
       agentId,
+      // Stopping the actor (dispose, SIGTERM via the runtime) also stops the reaper.
+      teardown: () => reaper.stop(),
       setup(a) {
         // ── runs.start: admission ────────────────────────────────────────────────────────
         a.handle(
@@ -268,7 +281,10 @@ export async function startSupervisor(
             }
             const runId = newId('run');
             const now = Date.now();
-            let budget: Budget = { ...(options.defaultRunBudget ?? { steps: 50 }), ...req.budget };
+            // A child run inherits its parent's remaining budget (below); a top-level run gets the default.
+            let budget: Budget = req.parentRunId
+              ? { ...req.budget }
+              : { ...(options.defaultRunBudget ?? { steps: 50 }), ...req.budget };
             if (req.parentRunId) {
               const parent = await liveRun(req.parentRunId);
               const p = await ledger.get(`run.${parent.runId}`);
@@ -812,21 +828,8 @@ export async function startSupervisor(
     }),
   );
 
-  const reaper: Reaper = ledger.startReaper(options.reaperIntervalMs ?? 5_000, {
-    onReaped: (reaped) => {
-      for (const r of reaped) {
-        void record({
-          action: 'reap',
-          details: { scope: r.scope, grantId: r.grantId, amount: r.amount },
-        }).catch(() => undefined);
-      }
-    },
-    onError: (err) => logger.warn({ err }, 'reaper pass failed'),
-  });
-
   logger.info({ publicKey: signer.publicKey }, 'supervisor started');
   const stop = async () => {
-    await reaper.stop();
     await actor.stop();
   };
   return {

@@ -1,0 +1,167 @@
+import {
+  BudgetReport,
+  HaltReply,
+  HaltRequest,
+  RunGetRequest,
+  RunListReply,
+  RunListRequest,
+  RunRecord,
+  RunStartRequest,
+  TimeoutError,
+  AbortedError,
+  type Scope,
+  type TraceEvent,
+  type TraceSubjectParts,
+} from '@reins/protocol';
+import {
+  Runtime,
+  listAgents,
+  subscribeTraces,
+  type AgentPresence,
+  type RuntimeOptions,
+  type SubscribeTracesOptions,
+  type TraceSubscription,
+} from '@reins/runtime';
+import type { z } from 'zod';
+
+/** Options of `connect`. */
+export type ClientOptions = Omit<RuntimeOptions, 'ensureInfrastructure' | 'heartbeatMs'> & {
+  /** Who this client acts as, recorded in the audit log (default `client`). */
+  identity?: string;
+};
+
+/** Options of `runs.start`. */
+export type StartOptions = Omit<z.input<typeof RunStartRequest>, 'goal'>;
+
+/** A started run: its id and what you can do with it. */
+export interface RunHandle {
+  readonly id: string;
+  /** Waits until the run ends and returns its record (answer or stop reason). */
+  result(options?: { timeoutMs?: number; signal?: AbortSignal }): Promise<RunRecord>;
+  /** The run's trace events, stored ones first; iterate or pass a callback. */
+  events(options?: SubscribeTracesOptions): Promise<TraceSubscription>;
+  /** Halts the run everywhere (its actors abort in-flight work). */
+  halt(reason: string, options?: { deadlineMs?: number }): Promise<HaltReply>;
+  /** Resumes a halted or paused run. */
+  resume(reason?: string): Promise<HaltReply>;
+  /** Caps, spend and open reservations. */
+  budget(): Promise<BudgetReport>;
+  /** The current run record. */
+  get(): Promise<RunRecord>;
+}
+
+const TERMINAL = new Set(['completed', 'stopped', 'failed']);
+
+/** A connection to a Reins deployment, for starting, watching and stopping runs. */
+export interface ReinsClient extends AsyncDisposable {
+  readonly runtime: Runtime;
+  readonly runs: {
+    start(goal: string, options?: StartOptions): Promise<RunHandle>;
+    get(runId: string): Promise<RunRecord>;
+    list(filter?: z.input<typeof RunListRequest>): Promise<RunRecord[]>;
+    handle(runId: string): RunHandle;
+  };
+  readonly traces: {
+    subscribe(
+      pattern: TraceSubjectParts | string,
+      options?: SubscribeTracesOptions,
+    ): Promise<TraceSubscription>;
+  };
+  readonly agents: { list(options?: { includeStopped?: boolean }): Promise<AgentPresence[]> };
+  halt(scope: Scope, reason: string, options?: { deadlineMs?: number }): Promise<HaltReply>;
+  resume(scope: Scope, reason?: string): Promise<HaltReply>;
+  pause(scope: Scope, reason: string): Promise<HaltReply>;
+  close(): Promise<void>;
+}
+
+/**
+ * Connects to NATS and returns a client. Every call goes to the supervisor (queue group), so
+ * it works with any number of supervisor instances. Throws `UnavailableError` when NATS cannot
+ * be reached; calls with no supervisor answering fail with `UnavailableError` too.
+ */
+export async function connect(options: ClientOptions = {}): Promise<ReinsClient> {
+  const { identity = 'client', ...rest } = options;
+  const runtime = await Runtime.connect({
+    ...rest,
+    ensureInfrastructure: false,
+    name: rest.name ?? 'reins-client',
+  });
+  const s = runtime.subjects;
+
+  const get = (runId: string) => runtime.request(s.runsGet, RunGetRequest, RunRecord, { runId });
+  const control = (subject: string, scope: Scope, reason: string, deadlineMs?: number) =>
+    runtime.request(
+      subject,
+      HaltRequest,
+      HaltReply,
+      { scope, reason, requestedBy: identity, ...(deadlineMs !== undefined ? { deadlineMs } : {}) },
+      { timeoutMs: (deadlineMs ?? 2000) + 5000 },
+    );
+
+  const handle = (id: string): RunHandle => ({
+    id,
+    get: () => get(id),
+    budget: () => runtime.request(s.runsBudget, RunGetRequest, BudgetReport, { runId: id }),
+    halt: (reason, o = {}) => control(s.ctlHalt, { kind: 'run', runId: id }, reason, o.deadlineMs),
+    resume: (reason = 'resume') => control(s.ctlResume, { kind: 'run', runId: id }, reason),
+    events: (o) => subscribeTraces(runtime, { runId: id }, o),
+    async result(o = {}) {
+      const deadline = Date.now() + (o.timeoutMs ?? 3_600_000);
+      // The supervisor emits `run.end`; wait for it, checking the record as a fallback.
+      let ended = false;
+      const sub = await subscribeTraces(
+        runtime,
+        { runId: id, role: 'supervisor', event: 'run.end' },
+        { callback: () => (ended = true) },
+      );
+      try {
+        for (;;) {
+          if (o.signal?.aborted)
+            throw new AbortedError('stopped waiting for the run', { cause: o.signal.reason });
+          const rec = await get(id);
+          if (TERMINAL.has(rec.status)) return rec;
+          if (Date.now() > deadline)
+            throw new TimeoutError(`run ${id} did not end in time`, {
+              details: { runId: id, status: rec.status },
+            });
+          for (let i = 0; i < 20 && !ended && !o.signal?.aborted; i++)
+            await new Promise((r) => setTimeout(r, 25));
+        }
+      } finally {
+        await sub.stop();
+      }
+    },
+  });
+
+  const client: ReinsClient = {
+    runtime,
+    runs: {
+      async start(goal, o = {}) {
+        const rec = await runtime.request(s.runsStart, RunStartRequest, RunRecord, {
+          requestedBy: identity,
+          ...o,
+          goal,
+        });
+        return handle(rec.runId);
+      },
+      get,
+      list: async (filter = {}) =>
+        (await runtime.request(s.runsList, RunListRequest, RunListReply, filter)).runs,
+      handle,
+    },
+    traces: { subscribe: (pattern, o) => subscribeTraces(runtime, pattern, o) },
+    agents: { list: (o = {}) => listAgents(runtime, o) },
+    halt: (scope, reason, o = {}) => control(s.ctlHalt, scope, reason, o.deadlineMs),
+    resume: (scope, reason = 'resume') => control(s.ctlResume, scope, reason),
+    pause: (scope, reason) => control(s.ctlPause, scope, reason),
+    close: async () => {
+      await runtime.close();
+    },
+    [Symbol.asyncDispose]: async () => {
+      await runtime.close();
+    },
+  };
+  return client;
+}
+
+export type { TraceEvent };
