@@ -1,4 +1,8 @@
 import {
+  ApprovalDecision,
+  ApprovalListReply,
+  ApprovalListRequest,
+  ApprovalRecord,
   BudgetReport,
   HaltReply,
   HaltRequest,
@@ -8,6 +12,7 @@ import {
   RunRecord,
   RunStartRequest,
   TimeoutError,
+  NotFoundError,
   AbortedError,
   type Scope,
   type TraceEvent,
@@ -68,6 +73,16 @@ export interface ReinsClient extends AsyncDisposable {
     ): Promise<TraceSubscription>;
   };
   readonly agents: { list(options?: { includeStopped?: boolean }): Promise<AgentPresence[]> };
+  /** Human approvals of actions a policy marks `approve`. Decisions are audited with `identity`. */
+  readonly approvals: {
+    list(filter?: z.input<typeof ApprovalListRequest>): Promise<ApprovalRecord[]>;
+    /** Approves the pending action; `argsHash` defaults to the stored one (shown by `list`). */
+    approve(
+      approvalId: string,
+      options?: { reason?: string; argsHash?: string },
+    ): Promise<ApprovalRecord>;
+    deny(approvalId: string, reason: string): Promise<ApprovalRecord>;
+  };
   halt(scope: Scope, reason: string, options?: { deadlineMs?: number }): Promise<HaltReply>;
   resume(scope: Scope, reason?: string): Promise<HaltReply>;
   pause(scope: Scope, reason: string): Promise<HaltReply>;
@@ -97,6 +112,32 @@ export async function connect(options: ClientOptions = {}): Promise<ReinsClient>
       { scope, reason, requestedBy: identity, ...(deadlineMs !== undefined ? { deadlineMs } : {}) },
       { timeoutMs: (deadlineMs ?? 2000) + 5000 },
     );
+
+  const decide = async (
+    approvalId: string,
+    decision: 'approve' | 'deny',
+    reason?: string,
+    argsHash?: string,
+  ) => {
+    let hash = argsHash;
+    if (!hash) {
+      const pending = await runtime.request(
+        s.approvalsList,
+        ApprovalListRequest,
+        ApprovalListReply,
+        { limit: 1000 },
+      );
+      hash = pending.approvals.find((a) => a.approvalId === approvalId)?.argsHash;
+      if (!hash) throw new NotFoundError(`unknown approval ${approvalId}`);
+    }
+    return runtime.request(s.ctlApprove, ApprovalDecision, ApprovalRecord, {
+      approvalId,
+      decision,
+      argsHash: hash,
+      by: identity,
+      ...(reason ? { reason } : {}),
+    });
+  };
 
   const handle = (id: string): RunHandle => ({
     id,
@@ -151,6 +192,13 @@ export async function connect(options: ClientOptions = {}): Promise<ReinsClient>
     },
     traces: { subscribe: (pattern, o) => subscribeTraces(runtime, pattern, o) },
     agents: { list: (o = {}) => listAgents(runtime, o) },
+    approvals: {
+      list: async (filter = {}) =>
+        (await runtime.request(s.approvalsList, ApprovalListRequest, ApprovalListReply, filter))
+          .approvals,
+      approve: (approvalId, o = {}) => decide(approvalId, 'approve', o.reason, o.argsHash),
+      deny: (approvalId, reason) => decide(approvalId, 'deny', reason),
+    },
     halt: (scope, reason, o = {}) => control(s.ctlHalt, scope, reason, o.deadlineMs),
     resume: (scope, reason = 'resume') => control(s.ctlResume, scope, reason),
     pause: (scope, reason) => control(s.ctlPause, scope, reason),

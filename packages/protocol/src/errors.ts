@@ -10,6 +10,7 @@ export const ErrorCode = {
   POLICY_DENIED: 'POLICY_DENIED',
   APPROVAL_TIMEOUT: 'APPROVAL_TIMEOUT',
   APPROVAL_DENIED: 'APPROVAL_DENIED',
+  APPROVAL_PENDING: 'APPROVAL_PENDING',
   GRANT_INVALID: 'GRANT_INVALID',
   PRICE_UNKNOWN: 'PRICE_UNKNOWN',
   NOT_FOUND: 'NOT_FOUND',
@@ -104,6 +105,13 @@ export type ApprovalTimeoutError = InstanceType<typeof ApprovalTimeoutError>;
 /** A human denied an approval request. */
 export const ApprovalDeniedError = errorClass(ErrorCode.APPROVAL_DENIED, 'ApprovalDeniedError');
 export type ApprovalDeniedError = InstanceType<typeof ApprovalDeniedError>;
+/** The action waits for a human decision; `details.approvalId` names it. Retry later. */
+export const ApprovalPendingError = errorClass(
+  ErrorCode.APPROVAL_PENDING,
+  'ApprovalPendingError',
+  true,
+);
+export type ApprovalPendingError = InstanceType<typeof ApprovalPendingError>;
 /** A grant is missing, forged, expired, revoked or for another action. */
 export const GrantInvalidError = errorClass(ErrorCode.GRANT_INVALID, 'GrantInvalidError');
 export type GrantInvalidError = InstanceType<typeof GrantInvalidError>;
@@ -150,6 +158,7 @@ const classes: Record<string, new (message: string, options?: ReinsErrorOptions)
   POLICY_DENIED: PolicyDeniedError,
   APPROVAL_TIMEOUT: ApprovalTimeoutError,
   APPROVAL_DENIED: ApprovalDeniedError,
+  APPROVAL_PENDING: ApprovalPendingError,
   GRANT_INVALID: GrantInvalidError,
   PRICE_UNKNOWN: PriceUnknownError,
   NOT_FOUND: NotFoundError,

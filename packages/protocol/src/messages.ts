@@ -427,6 +427,28 @@ export const ApprovalDecision = z.object({
 });
 export type ApprovalDecision = z.infer<typeof ApprovalDecision>;
 
+/** An approval as stored in KV `reins_approvals`: the request and, once decided, the decision. */
+export const ApprovalRecord = ApprovalRequest.extend({
+  idempotencyKey: IdempotencyKey,
+  status: z.enum(['pending', 'approved', 'denied', 'expired']),
+  decidedBy: Text(256).optional(),
+  reason: Text(1024).optional(),
+  decidedAt: Millis.optional(),
+});
+export type ApprovalRecord = z.infer<typeof ApprovalRecord>;
+
+/** `approvals.list` request. */
+export const ApprovalListRequest = z.object({
+  runId: Id.optional(),
+  status: z.enum(['pending', 'approved', 'denied', 'expired']).optional(),
+  limit: z.number().int().min(1).max(1000).default(100),
+});
+export type ApprovalListRequest = z.infer<typeof ApprovalListRequest>;
+
+/** `approvals.list` reply. */
+export const ApprovalListReply = z.object({ approvals: z.array(ApprovalRecord) });
+export type ApprovalListReply = z.infer<typeof ApprovalListReply>;
+
 /** A reply that carries an error instead of the expected response. */
 export const ErrorReply = z.object({ error: WireError });
 export type ErrorReply = z.infer<typeof ErrorReply>;
@@ -463,6 +485,9 @@ export const Messages = {
   'reins.AuditEntry': AuditEntry,
   'reins.ApprovalRequest': ApprovalRequest,
   'reins.ApprovalDecision': ApprovalDecision,
+  'reins.ApprovalRecord': ApprovalRecord,
+  'reins.ApprovalListRequest': ApprovalListRequest,
+  'reins.ApprovalListReply': ApprovalListReply,
   'reins.ErrorReply': ErrorReply,
   'reins.Ack': Ack,
 } as const;

@@ -68,6 +68,8 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX) {
     ctlResume: `${p}.ctl.resume`,
     ctlPause: `${p}.ctl.pause`,
     ctlApprove: `${p}.ctl.approve`,
+    /** List approvals (pending by default filters). */
+    approvalsList: `${p}.ctl.approvals`,
     /** Work-queue subject for a role's task pool (JetStream `REINS_TASKS`). */
     task: (role: string) => `${p}.task.${assertId(role, 'role')}`,
     /** Every task subject: the `REINS_TASKS` stream's filter. */

@@ -1,6 +1,13 @@
 import { jetstream } from '@nats-io/jetstream';
 import {
   ActRequest,
+  ApprovalDecision,
+  ApprovalDeniedError,
+  ApprovalListReply,
+  ApprovalListRequest,
+  ApprovalPendingError,
+  ApprovalRecord,
+  ApprovalTimeoutError,
   AuthorizeRequest,
   BudgetExceededError,
   BudgetReport,
@@ -42,6 +49,7 @@ import {
   type Runtime,
 } from '@reins/runtime';
 import type { z } from 'zod';
+import { ApprovalStore, approvalIdFor } from './approvals.js';
 import { AuditWriter, ensureAuditStream, type AuditInput } from './audit-log.js';
 import type { BreakerConfig } from './breakers.js';
 import {
@@ -88,6 +96,8 @@ export interface SupervisorOptions {
   tenantBudgets?: Record<string, Budget>;
   /** Budget applied to runs started without one (default: 50 steps). */
   defaultRunBudget?: Budget;
+  /** How long a human has to answer an approval request before it is denied (default 10 min). */
+  approvalTimeoutMs?: number;
   /** Roles allowed to start as a run's planner (default: any). */
   plannerRoles?: string[];
 }
@@ -139,6 +149,8 @@ export async function startSupervisor(
   await ensureAuditStream(jsm, { prefix: subjects.prefix });
   const ledger = await BudgetLedger.open(nc);
   const runs = new RunStore(await openBucket(nc, Buckets.runs));
+  const approvals = new ApprovalStore(await openBucket(nc, Buckets.approvals));
+  const approvalTimeoutMs = options.approvalTimeoutMs ?? 600_000;
   const audit = await AuditWriter.open(nc, { writerId: agentId, prefix: subjects.prefix });
   const halts = await runtime.halts();
   const policyCache = new Map<string, Policy>();
@@ -246,6 +258,90 @@ export async function startSupervisor(
         details: { scope: res.scope, dimension: res.dimension, cap: res.cap, wouldBe: res.wouldBe },
       },
     );
+
+  /**
+   * The approval gate of a tool call whose policy says `approve`. The first request creates a
+   * pending approval (stored, published on `approvals.<runId>`, audited) and answers
+   * `APPROVAL_PENDING` (retryable): the planner retries the same call (same idempotency key).
+   * Returns who approved; throws for pending, denied, expired, or an approval for other arguments.
+   */
+  const checkApproval = async (
+    a: Actor,
+    req: z.output<typeof ActRequest>,
+    argsHash: string,
+    rule: string,
+  ): Promise<string> => {
+    const approvalId = approvalIdFor(req.runId, req.idempotencyKey);
+    const now = Date.now();
+    let rec = await approvals.get(approvalId);
+    if (!rec) {
+      rec = await approvals.create({
+        approvalId,
+        runId: req.runId,
+        agentId: req.agentId,
+        role: req.role,
+        tool: req.tool,
+        args: req.args,
+        argsHash,
+        rule,
+        idempotencyKey: req.idempotencyKey,
+        createdAt: now,
+        expiresAt: now + approvalTimeoutMs,
+        status: 'pending',
+      });
+      if (rec.createdAt === now) {
+        await record({
+          action: 'approval.request',
+          runId: req.runId,
+          agentId: req.agentId,
+          rule,
+          details: { approvalId, tool: req.tool, argsHash },
+        });
+        runtime.publish(subjects.approvals(req.runId), ApprovalRecord, rec);
+        a.trace(
+          req.runId,
+          'approval.request',
+          { approvalId, tool: req.tool, rule },
+          { stepId: req.stepId },
+        );
+      }
+    }
+    if (rec.argsHash !== argsHash || rec.tool !== req.tool) {
+      throw new PolicyDeniedError('the approval for this action was given for other arguments', {
+        details: { rule, approvalId },
+      });
+    }
+    if (rec.status === 'pending' && now > rec.expiresAt) {
+      rec =
+        (await approvals.update(approvalId, (r) =>
+          r.status === 'pending' ? { ...r, status: 'expired', decidedAt: now } : undefined,
+        )) ?? rec;
+      if (rec.status === 'expired')
+        await record({
+          action: 'approval.expired',
+          runId: req.runId,
+          rule,
+          details: { approvalId },
+        });
+    }
+    switch (rec.status) {
+      case 'approved':
+        return rec.decidedBy ?? 'unknown';
+      case 'pending':
+        throw new ApprovalPendingError(`${req.tool} waits for approval ${approvalId}`, {
+          details: { approvalId, rule },
+        });
+      case 'denied':
+        throw new ApprovalDeniedError(
+          `${req.tool} was denied by ${rec.decidedBy ?? 'a human'}${rec.reason ? `: ${rec.reason}` : ''}`,
+          { details: { approvalId, rule } },
+        );
+      case 'expired':
+        throw new ApprovalTimeoutError(`approval ${approvalId} for ${req.tool} timed out`, {
+          details: { approvalId, rule },
+        });
+    }
+  };
 
   const reaper: Reaper = ledger.startReaper(options.reaperIntervalMs ?? 5_000, {
     onReaped: (reaped) => {
@@ -620,11 +716,12 @@ export async function startSupervisor(
               tool: req.tool,
               args: req.args,
             });
-            if (decision.effect !== 'allow') {
-              const reason =
-                decision.effect === 'approve'
-                  ? `approval required (${decision.reason}); approvals are not enabled on this supervisor`
-                  : decision.reason;
+            const argsHash = hashArgs(req.args);
+            let approvedBy: string | undefined;
+            if (decision.effect === 'approve') {
+              approvedBy = await checkApproval(a, req, argsHash, decision.rule);
+            } else if (decision.effect !== 'allow') {
+              const reason = decision.reason;
               await record({
                 action: 'deny',
                 runId: req.runId,
@@ -636,7 +733,6 @@ export async function startSupervisor(
                 details: { rule: decision.rule, effect: decision.effect },
               });
             }
-            const argsHash = hashArgs(req.args);
             const now = Date.now();
             const trip = await runs.updateBreakers(
               req.runId,
@@ -679,6 +775,7 @@ export async function startSupervisor(
                 tool: req.tool,
                 argsHash,
                 idempotencyKey: req.idempotencyKey,
+                ...(approvedBy ? { approvedBy } : {}),
               },
             });
             const exec: z.input<typeof ExecuteRequest> = {
@@ -694,6 +791,69 @@ export async function startSupervisor(
             return undefined;
           },
           { queue: SUPERVISOR_QUEUE, runOf: () => undefined },
+        );
+
+        // ── approvals ────────────────────────────────────────────────────────────────────
+        a.handle(
+          subjects.ctlApprove,
+          ApprovalDecision,
+          async (req) => {
+            const now = Date.now();
+            const current = await approvals.get(req.approvalId);
+            if (!current) throw new NotFoundError(`unknown approval ${req.approvalId}`);
+            // A decision binds to the exact action: it names the arguments it approves.
+            if (current.argsHash !== req.argsHash) {
+              throw new PolicyDeniedError(
+                'this decision is for other arguments than the pending action',
+                { details: { approvalId: req.approvalId } },
+              );
+            }
+            const updated = await approvals.update(req.approvalId, (r) => {
+              if (r.status !== 'pending') return undefined;
+              if (now > r.expiresAt) return { ...r, status: 'expired', decidedAt: now };
+              return {
+                ...r,
+                status: req.decision === 'approve' ? 'approved' : 'denied',
+                decidedBy: req.by,
+                decidedAt: now,
+                ...(req.reason ? { reason: req.reason } : {}),
+              };
+            });
+            if (!updated) throw new NotFoundError(`unknown approval ${req.approvalId}`);
+            if (updated.decidedAt === now) {
+              await record({
+                action: 'approval.decision',
+                runId: updated.runId,
+                actor: req.by,
+                rule: updated.rule,
+                details: { approvalId: req.approvalId, status: updated.status, reason: req.reason },
+              });
+              a.trace(updated.runId, 'approval.decision', {
+                approvalId: req.approvalId,
+                status: updated.status,
+                by: req.by,
+              });
+            } else if (updated.status !== (req.decision === 'approve' ? 'approved' : 'denied')) {
+              throw new ApprovalTimeoutError(
+                `approval ${req.approvalId} is already ${updated.status}`,
+                { details: { status: updated.status } },
+              );
+            }
+            return updated;
+          },
+          { queue: SUPERVISOR_QUEUE, reply: ApprovalRecord, runOf: () => undefined },
+        );
+        a.handle(
+          subjects.approvalsList,
+          ApprovalListRequest,
+          async (req) => ({
+            approvals: await approvals.list({
+              runId: req.runId,
+              status: req.status,
+              limit: req.limit,
+            }),
+          }),
+          { queue: SUPERVISOR_QUEUE, reply: ApprovalListReply, runOf: () => undefined },
         );
 
         // ── ctl.halt / ctl.resume / ctl.pause ─────────────────────────────────────────────

@@ -4,6 +4,12 @@ import { z } from 'zod';
 import { pack } from 'msgpackr';
 import {
   ActRequest,
+  ApprovalDecision,
+  ApprovalDeniedError,
+  ApprovalListReply,
+  ApprovalListRequest,
+  ApprovalPendingError,
+  ApprovalRecord,
   AuthorizeRequest,
   BudgetExceededError,
   BudgetReport,
@@ -69,6 +75,7 @@ describe('supervisor actor', () => {
           policy,
           leaseMs: 800,
           reaperIntervalMs: 100,
+          approvalTimeoutMs: 3000,
           breakers: { repeat: { k: 3, windowMs: 60_000 } },
         }),
       );
@@ -263,14 +270,103 @@ describe('supervisor actor', () => {
       ['delete_everything', {}, 'no.delete'],
       ['launch_missiles', {}, 'default.deny'],
       ['reаd_file', { path: 'a' }, 'default.deny'], // Cyrillic а
-      ['pay', { amount: 500 }, 'pay.big'],
     ];
     for (const [tool, args, rule] of cases) {
       const err = await act(run.runId, tool, args).catch((e: unknown) => e);
       expect(err, tool).toBeInstanceOf(tool === 'reаd_file' ? Error : PolicyDeniedError);
       if (err instanceof PolicyDeniedError) expect(err.details?.['rule']).toBe(rule);
     }
+    // approval-required: not denied, not run — pending a human
+    await expect(act(run.runId, 'pay', { amount: 500 })).rejects.toBeInstanceOf(
+      ApprovalPendingError,
+    );
     expect(toolCalls - before).toBe(2);
+  });
+
+  it('approval-required actions wait for a human, bind to their arguments, and time out', async () => {
+    const run = await start({ steps: 20 });
+    const key = `${run.runId}.1.0`;
+    const pending = await act(run.runId, 'pay', { amount: 500 }, key).catch((e: unknown) => e);
+    expect(pending).toBeInstanceOf(ApprovalPendingError);
+    const approvalId = (pending as ApprovalPendingError).details?.['approvalId'] as string;
+    const list = await client.request(
+      client.subjects.approvalsList,
+      ApprovalListRequest,
+      ApprovalListReply,
+      { runId: run.runId },
+    );
+    expect(list.approvals).toHaveLength(1);
+    expect(list.approvals[0]).toMatchObject({
+      approvalId,
+      tool: 'pay',
+      status: 'pending',
+      args: { amount: 500 },
+    });
+    // still pending on retry; nothing ran
+    const before = toolCalls;
+    await expect(act(run.runId, 'pay', { amount: 500 }, key)).rejects.toBeInstanceOf(
+      ApprovalPendingError,
+    );
+    // a decision for other arguments is refused
+    await expect(
+      client.request(client.subjects.ctlApprove, ApprovalDecision, ApprovalRecord, {
+        approvalId,
+        decision: 'approve',
+        argsHash: hashArgs({ amount: 5000 }),
+        by: 'mallory',
+      }),
+    ).rejects.toBeInstanceOf(PolicyDeniedError);
+    const approved = await client.request(
+      client.subjects.ctlApprove,
+      ApprovalDecision,
+      ApprovalRecord,
+      {
+        approvalId,
+        decision: 'approve',
+        argsHash: hashArgs({ amount: 500 }),
+        by: 'alice',
+        reason: 'ok',
+      },
+    );
+    expect(approved).toMatchObject({ status: 'approved', decidedBy: 'alice' });
+    // the approval cannot be replayed for other arguments under the same key
+    await expect(act(run.runId, 'pay', { amount: 900 }, key)).rejects.toBeInstanceOf(
+      PolicyDeniedError,
+    );
+    expect(await act(run.runId, 'pay', { amount: 500 }, key)).toMatchObject({
+      ok: true,
+      output: { amount: 500 },
+    });
+    expect(toolCalls - before).toBe(1);
+
+    // denied
+    const key2 = `${run.runId}.2.0`;
+    const p2 = (await act(run.runId, 'pay', { amount: 200 }, key2).catch(
+      (e: unknown) => e,
+    )) as ApprovalPendingError;
+    await client.request(client.subjects.ctlApprove, ApprovalDecision, ApprovalRecord, {
+      approvalId: p2.details?.['approvalId'] as string,
+      decision: 'deny',
+      argsHash: hashArgs({ amount: 200 }),
+      by: 'bob',
+      reason: 'too much',
+    });
+    await expect(act(run.runId, 'pay', { amount: 200 }, key2)).rejects.toBeInstanceOf(
+      ApprovalDeniedError,
+    );
+
+    // timed out (approvalTimeoutMs 3 s in this suite)
+    const key3 = `${run.runId}.3.0`;
+    await expect(act(run.runId, 'pay', { amount: 300 }, key3)).rejects.toBeInstanceOf(
+      ApprovalPendingError,
+    );
+    await expect
+      .poll(
+        async () =>
+          act(run.runId, 'pay', { amount: 300 }, key3).catch((e: unknown) => (e as Error).name),
+        { timeout: 10_000, interval: 250 },
+      )
+      .toBe('ApprovalTimeoutError');
   });
 
   it('repeat breaker trips at exactly K identical calls and stops the run', async () => {

@@ -1,0 +1,82 @@
+import type { KV } from '@nats-io/kv';
+import {
+  ApprovalRecord,
+  ConflictError,
+  UnavailableError,
+  decode,
+  encode,
+  sha256Hex,
+} from '@reins/protocol';
+
+/** The approval id of an action: one per run and idempotency key, so a retry finds it again. */
+export function approvalIdFor(runId: string, idempotencyKey: string): string {
+  return `ap_${sha256Hex(`${runId}:${idempotencyKey}`).slice(0, 40)}`;
+}
+
+/** Approvals in KV `reins_approvals` (key = approval id), updated with compare-and-set. */
+export class ApprovalStore {
+  readonly #kv: KV;
+  constructor(kv: KV) {
+    this.#kv = kv;
+  }
+
+  async get(approvalId: string): Promise<ApprovalRecord | undefined> {
+    try {
+      const e = await this.#kv.get(approvalId);
+      if (!e || e.operation !== 'PUT' || e.value.length === 0) return undefined;
+      return decode(ApprovalRecord, e.value, { name: 'approval' });
+    } catch (cause) {
+      if (cause instanceof Error && cause.name === 'ProtocolError') throw cause;
+      throw new UnavailableError('approvals (KV reins_approvals) unavailable', { cause });
+    }
+  }
+
+  /** Creates a pending approval; returns the stored one if another supervisor was first. */
+  async create(record: ApprovalRecord): Promise<ApprovalRecord> {
+    try {
+      await this.#kv.create(record.approvalId, encode(ApprovalRecord, record));
+      return record;
+    } catch {
+      const existing = await this.get(record.approvalId);
+      if (!existing) throw new UnavailableError('could not store the approval request');
+      return existing;
+    }
+  }
+
+  /** Applies `fn` with CAS; `fn` returns the new record or undefined to keep it. */
+  async update(
+    approvalId: string,
+    fn: (r: ApprovalRecord) => ApprovalRecord | undefined,
+  ): Promise<ApprovalRecord | undefined> {
+    for (let i = 0; i < 20; i++) {
+      const e = await this.#kv.get(approvalId);
+      if (!e || e.operation !== 'PUT' || e.value.length === 0) return undefined;
+      const current = decode(ApprovalRecord, e.value, { name: 'approval' });
+      const next = fn(current);
+      if (!next) return current;
+      try {
+        await this.#kv.update(approvalId, encode(ApprovalRecord, next), e.revision);
+        return next;
+      } catch {
+        // raced: retry
+      }
+    }
+    throw new ConflictError(`approval ${approvalId} is contended`);
+  }
+
+  async list(filter: {
+    runId?: string | undefined;
+    status?: string | undefined;
+    limit: number;
+  }): Promise<ApprovalRecord[]> {
+    const out: ApprovalRecord[] = [];
+    for await (const k of await this.#kv.keys()) {
+      const r = await this.get(k).catch(() => undefined);
+      if (!r) continue;
+      if (filter.runId && r.runId !== filter.runId) continue;
+      if (filter.status && r.status !== filter.status) continue;
+      out.push(r);
+    }
+    return out.sort((a, b) => b.createdAt - a.createdAt).slice(0, filter.limit);
+  }
+}
