@@ -43,11 +43,15 @@ const FULL: Config = {
   loadRequests: 50_000,
 };
 
-/** Raw NATS: a callback subscription that echoes, and `nc.request` on a second connection. */
+/**
+ * Raw NATS: a callback subscription that echoes, and `nc.request` on a second connection. With
+ * `noAsyncTraces` like the runtime's connections, so the comparison measures Reins, not a
+ * connection option.
+ */
 async function rawSide(url: string, payload: Uint8Array): Promise<Side> {
   const subject = 'bench.raw.echo';
-  const server = await connect({ servers: url, name: 'bench-raw-server' });
-  const client = await connect({ servers: url, name: 'bench-raw-client' });
+  const server = await connect({ servers: url, name: 'bench-raw-server', noAsyncTraces: true });
+  const client = await connect({ servers: url, name: 'bench-raw-client', noAsyncTraces: true });
   server.subscribe(subject, {
     callback: (err, msg) => {
       if (!err) msg.respond(msg.data);

@@ -176,16 +176,25 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
       return;
     }
     const keepAlive = setInterval(() => m.working(), Math.max(1000, ackWaitMs / 3));
+    let stepDone = false;
     try {
       await a.work({ runId: task.runId, label: 'step' }, (ctx) => step(a, task.runId, ctx));
+      stepDone = true;
       m.ack();
     } catch (err) {
-      if (
-        err instanceof Suspend ||
-        (err instanceof ReinsError && (err.code === 'HALTED' || err.code === 'PAUSED'))
-      ) {
-        // Resume re-enqueues the run; this task is done.
+      if (err instanceof Suspend) {
+        // The run itself is halted or paused: resume re-enqueues it, so this task is done.
         m.ack();
+      } else if (err instanceof ReinsError && (err.code === 'HALTED' || err.code === 'PAUSED')) {
+        // Halted or paused for the run: done (resume re-enqueues). For this agent, its role or
+        // everything: keep the task for later (or for another planner) — nothing is lost.
+        const scope = err.details?.['scope'];
+        const runScoped =
+          typeof scope === 'object' &&
+          scope !== null &&
+          (scope as { kind?: unknown }).kind === 'run';
+        if (runScoped) m.ack();
+        else m.nak(5000);
       } else if (err instanceof ReinsError && err.retryable) {
         a.logger.warn({ err, runId: task.runId }, 'step failed; will retry');
         m.nak(2000);
@@ -199,6 +208,18 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
       }
     } finally {
       clearInterval(keepAlive);
+    }
+    if (!stepDone) await releaseLease(task.runId, a.agentId);
+  }
+
+  /** Lets another planner take the run at once (after a halt, pause or failure of this step). */
+  async function releaseLease(runId: string, agentId: string): Promise<void> {
+    try {
+      const { state, revision } = await store.load(runId);
+      if (state.owner !== agentId || state.done) return;
+      await store.save({ ...state, owner: undefined, leaseUntil: undefined }, revision);
+    } catch {
+      // best effort: the lease expires anyway
     }
   }
 
@@ -282,8 +303,8 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
             ? fromWireError(decision.error)
             : new PausedError('approval pending');
         trace('step.end', { step: stepNo, denied: err.code, rule: decision.rule });
-        if (err.code === 'HALTED' || err.code === 'PAUSED' || decision.decision === 'pending')
-          throw new Suspend();
+        if (decision.decision === 'pending') throw new Suspend();
+        if (err.code === 'HALTED' || err.code === 'PAUSED') throw err;
         const isStepCap = err.code === 'BUDGET_EXCEEDED' && err.details?.['dimension'] === 'steps';
         await endRun(a, runId, 'stopped', {
           stopReason: isStepCap ? 'STEP_CAP' : (STOP_BY_CODE[err.code] ?? 'ERROR'),
@@ -367,6 +388,9 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         step: stepNo,
         history: trimmed.history,
         ...(trimmed.summary !== undefined ? { summary: trimmed.summary } : {}),
+        // Release the run: the next step may be taken by any planner.
+        owner: undefined,
+        leaseUntil: undefined,
         pending: undefined,
       },
       revision,

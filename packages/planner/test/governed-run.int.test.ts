@@ -48,12 +48,17 @@ describe('a governed run in one process', () => {
     });
     const files = createFileTools({ root: dir });
     await startExecutor(rt, { tools: files.tools, trustedIssuers: [signer.publicKey] });
-    await startPlanner(rt, {
-      model: createScriptedModel({
-        respond: researchScript({ dir: 'docs', reportPath: 'report.md' }),
-      }),
-      tools: files.tools.map(toolSpec),
-    });
+    // Two planners share the task queue: consecutive steps of a run may land on either.
+    for (let i = 0; i < 2; i++) {
+      await startPlanner(rt, {
+        agentId: `planner-${i}`,
+        concurrency: 1,
+        model: createScriptedModel({
+          respond: researchScript({ dir: 'docs', reportPath: 'report.md' }),
+        }),
+        tools: files.tools.map(toolSpec),
+      });
+    }
   });
 
   afterAll(async () => {

@@ -1,5 +1,5 @@
 import { hostname } from 'node:os';
-import type { Msg, Subscription } from '@nats-io/transport-node';
+import type { Msg, MsgHdrs, Subscription } from '@nats-io/transport-node';
 import {
   AbortedError,
   Ack,
@@ -82,12 +82,62 @@ export interface HandleOptions<Res extends z.ZodType> {
   maxPayloadBytes?: number;
 }
 
-interface WorkUnit {
-  runId: string | undefined;
-  label: string;
-  controller: AbortController;
-  done: Promise<void>;
+/** A tracked unit of work: what halts and shutdown abort and wait for. */
+class WorkUnit {
+  readonly runId: string | undefined;
+  readonly label: string;
+  readonly controller = new AbortController();
+  #ended = false;
+  #done: Promise<void> | undefined;
+  #resolve: (() => void) | undefined;
+
+  constructor(runId: string | undefined, label: string) {
+    this.runId = runId;
+    this.label = label;
+  }
+
+  /** Settles when the unit ends. Made on demand: only halts and shutdown wait for a unit. */
+  get done(): Promise<void> {
+    if (this.#ended) return Promise.resolve();
+    this.#done ??= new Promise<void>((r) => (this.#resolve = r));
+    return this.#done;
+  }
+
+  end(): void {
+    this.#ended = true;
+    this.#resolve?.();
+  }
+
+  /** What a failure of the unit is reported as: the abort reason when it was aborted. */
+  failure(err: unknown): unknown {
+    const signal = this.controller.signal;
+    return signal.aborted && signal.reason instanceof ReinsError ? signal.reason : err;
+  }
 }
+
+/**
+ * The context of a unit. The `{ runId }` child logger is made on first use: most handlers
+ * never log, and a pino child costs more than the rest of a request's bookkeeping. An own
+ * accessor (not a prototype getter), so `{ ...ctx }` still copies `logger`.
+ */
+function workContext(unit: WorkUnit, actorLogger: Logger): WorkContext {
+  const runId = unit.runId;
+  let logger: Logger | undefined;
+  return {
+    signal: unit.controller.signal,
+    runId,
+    get logger(): Logger {
+      logger ??= runId ? actorLogger.child({ runId }) : actorLogger;
+      return logger;
+    },
+    set logger(value: Logger) {
+      logger = value;
+    },
+  };
+}
+
+/** Encoded `{ ok: true }`, the reply of a handler without a reply schema (made once). */
+let ackBytes: Uint8Array | undefined;
 
 type BaseStatus = Exclude<ActorStatus, 'halted' | 'lost'>;
 
@@ -239,28 +289,28 @@ export class Actor implements AsyncDisposable {
     options: { runId?: string | undefined; label?: string },
     fn: (ctx: WorkContext) => Promise<T>,
   ): Promise<T> {
-    const refused = this.refusal(options.runId);
-    if (refused) throw refused;
-    const controller = new AbortController();
-    let finish!: () => void;
-    const unit: WorkUnit = {
-      runId: options.runId,
-      label: options.label ?? 'work',
-      controller,
-      done: new Promise<void>((r) => (finish = r)),
-    };
-    this.#units.add(unit);
-    const logger = options.runId ? this.logger.child({ runId: options.runId }) : this.logger;
+    const unit = this.#begin(options.runId, options.label ?? 'work');
     try {
-      return await fn({ signal: controller.signal, runId: options.runId, logger });
+      return await fn(workContext(unit, this.logger));
     } catch (err) {
-      if (controller.signal.aborted && controller.signal.reason instanceof ReinsError)
-        throw controller.signal.reason;
-      throw err;
+      throw unit.failure(err);
     } finally {
-      this.#units.delete(unit);
-      finish();
+      this.#end(unit);
     }
+  }
+
+  /** Starts a unit of work for `runId`, or throws why it is refused. */
+  #begin(runId: string | undefined, label: string): WorkUnit {
+    const refused = this.refusal(runId);
+    if (refused) throw refused;
+    const unit = new WorkUnit(runId, label);
+    this.#units.add(unit);
+    return unit;
+  }
+
+  #end(unit: WorkUnit): void {
+    this.#units.delete(unit);
+    unit.end();
   }
 
   /**
@@ -277,6 +327,11 @@ export class Actor implements AsyncDisposable {
     ) => Promise<z.input<Res> | undefined> | z.input<Res> | undefined,
     options: HandleOptions<Res> = {},
   ): { unsubscribe(): void } {
+    // Same for every request on this subject: made once, not per message.
+    const decodeOptions = {
+      maxPayloadBytes: options.maxPayloadBytes ?? this.runtime.maxPayloadBytes,
+      name: subject,
+    };
     const sub = this.runtime.nc.subscribe(subject, {
       ...(options.queue ? { queue: options.queue } : {}),
       callback: (err, msg) => {
@@ -284,13 +339,17 @@ export class Actor implements AsyncDisposable {
           this.logger.error({ err, subject }, 'subscription error');
           return;
         }
-        void this.#dispatch(msg, subject, requestSchema, fn, options);
+        void this.#dispatch(msg, subject, requestSchema, fn, options, decodeOptions);
       },
     });
     this.#subs.push(sub);
     return { unsubscribe: () => sub.unsubscribe() };
   }
 
+  /**
+   * One request: decode, run the handler as a unit of work, answer once (the result, `{ ok }`,
+   * or a coded error), unless the handler forwarded the request. Each failure is logged once.
+   */
   async #dispatch<Req extends z.ZodType, Res extends z.ZodType>(
     msg: Msg,
     subject: string,
@@ -300,54 +359,89 @@ export class Actor implements AsyncDisposable {
       ctx: HandlerContext,
     ) => Promise<z.input<Res> | undefined> | z.input<Res> | undefined,
     options: HandleOptions<Res>,
+    decodeOptions: { maxPayloadBytes: number; name: string },
   ): Promise<void> {
-    let answered = false;
-    const answer = (data: Uint8Array, headers: ReturnType<typeof payloadHeaders>) => {
-      if (answered || !msg.reply) return;
-      answered = true;
-      try {
-        msg.respond(data, { headers });
-      } catch (err) {
-        this.logger.warn({ err, subject }, 'could not send reply');
-      }
-    };
-    const refuse = (err: unknown, level: 'warn' | 'error' | 'debug') => {
-      const wire = toWireError(err);
-      if (level === 'error') this.logger.error({ err, subject }, 'handler failed');
-      else
-        this.logger[level]({ subject, code: wire.code, message: wire.message }, 'request refused');
-      const e = errorPayload(err);
-      answer(e.data, e.headers);
-    };
     let request: z.output<Req>;
     try {
-      request = decode(requestSchema, msg.data, {
-        maxPayloadBytes: options.maxPayloadBytes ?? this.runtime.maxPayloadBytes,
-        name: subject,
-      });
+      request = decode(requestSchema, msg.data, decodeOptions);
     } catch (err) {
-      refuse(err, 'warn');
+      this.#refuse(msg, subject, err, 'warn', true);
       return;
     }
     const runId = options.runOf ? options.runOf(request) : runIdOf(request);
+    // Set before the forward is published: whatever happens next, the handler's answer is not
+    // sent (the next hop answers, or the caller times out).
+    let forwarded = false;
     try {
-      const result = await this.work({ runId, label: subject }, async (ctx) =>
-        fn(request, {
-          ...ctx,
+      const unit = this.#begin(runId, subject);
+      let result: z.input<Res> | undefined;
+      try {
+        const actorLogger = this.logger;
+        let logger: Logger | undefined;
+        // Built whole (not `{ ...workContext, msg, forward }`): one object per request.
+        const ctx: HandlerContext = {
+          signal: unit.controller.signal,
+          runId,
+          get logger(): Logger {
+            logger ??= runId ? actorLogger.child({ runId }) : actorLogger;
+            return logger;
+          },
+          set logger(value: Logger) {
+            logger = value;
+          },
           msg,
           forward: (to, schema, payload) => {
-            answered = true;
+            forwarded = true;
             this.runtime.publish(to, schema, payload, msg.reply ? { reply: msg.reply } : {});
           },
-        }),
-      );
-      if (answered) return;
+        };
+        const out = fn(request, ctx);
+        // A synchronous handler's result needs no extra turn of the event loop.
+        result = isThenable(out) ? await out : out;
+      } catch (err) {
+        throw unit.failure(err);
+      } finally {
+        this.#end(unit);
+      }
+      if (forwarded) return;
       if (options.reply)
-        answer(encode(options.reply, result as z.input<Res>), payloadHeaders(options.reply));
-      else answer(encode(Ack, { ok: true }), payloadHeaders(Ack));
+        this.#answer(
+          msg,
+          subject,
+          encode(options.reply, result as z.input<Res>),
+          payloadHeaders(options.reply),
+        );
+      else
+        this.#answer(msg, subject, (ackBytes ??= encode(Ack, { ok: true })), payloadHeaders(Ack));
     } catch (err) {
-      refuse(err, err instanceof ReinsError ? 'debug' : 'error');
+      this.#refuse(msg, subject, err, err instanceof ReinsError ? 'debug' : 'error', !forwarded);
     }
+  }
+
+  /** Sends a reply when the request asked for one; a failed send is logged, not thrown. */
+  #answer(msg: Msg, subject: string, data: Uint8Array, headers: MsgHdrs): void {
+    if (!msg.reply) return;
+    try {
+      msg.respond(data, { headers });
+    } catch (err) {
+      this.logger.warn({ err, subject }, 'could not send reply');
+    }
+  }
+
+  /** Logs why a request failed and, unless it was forwarded, answers with the coded error. */
+  #refuse(
+    msg: Msg,
+    subject: string,
+    err: unknown,
+    level: 'warn' | 'error' | 'debug',
+    send: boolean,
+  ): void {
+    const wire = toWireError(err);
+    if (level === 'error') this.logger.error({ err, subject }, 'handler failed');
+    else this.logger[level]({ subject, code: wire.code, message: wire.message }, 'request refused');
+    if (!send) return;
+    const e = errorPayload(err);
+    this.#answer(msg, subject, e.data, e.headers);
   }
 
   /** Registers something with a `stop()` (a task consumer) to stop when the actor stops. */
@@ -589,6 +683,10 @@ export class Actor implements AsyncDisposable {
       .then((kv) => kv.put(this.agentId, encode(Heartbeat, hb)))
       .catch((err: unknown) => this.logger.debug({ err }, 'presence update failed'));
   }
+}
+
+function isThenable<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
+  return typeof (value as { then?: unknown } | null | undefined)?.then === 'function';
 }
 
 function runIdOf(request: unknown): string | undefined {

@@ -29,7 +29,10 @@ export interface RuntimeOptions {
   logger?: Logger;
   /** Largest payload accepted or sent (default 1 MiB). */
   maxPayloadBytes?: number;
-  /** Extra NATS connection options (credentials, TLS…). */
+  /**
+   * Extra NATS connection options (credentials, TLS…); they override the runtime's defaults
+   * (`noAsyncTraces: true`, reconnect forever…).
+   */
   connection?: Partial<ConnectionOptions>;
   /**
    * Create the Reins streams and buckets when missing (default true). Turn it off where the
@@ -66,6 +69,8 @@ export class Runtime implements AsyncDisposable {
   #halts: Promise<HaltMarkers> | undefined;
   #agents: Promise<KV> | undefined;
   #closed = false;
+  /** Codec options of every request and publish (one object, not one per message). */
+  readonly #limits: { maxPayloadBytes: number };
 
   private constructor(nc: NatsConnection, options: RuntimeOptions, logger: Logger) {
     this.nc = nc;
@@ -73,6 +78,7 @@ export class Runtime implements AsyncDisposable {
     this.subjects = createSubjects(options.prefix ?? process.env['REINS_PREFIX'] ?? undefined);
     this.logger = logger;
     this.maxPayloadBytes = options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
+    this.#limits = { maxPayloadBytes: this.maxPayloadBytes };
     this.heartbeatMs = options.heartbeatMs ?? 2000;
     void this.#watchStatus();
   }
@@ -92,6 +98,9 @@ export class Runtime implements AsyncDisposable {
         maxReconnectAttempts: -1,
         reconnectTimeWait: 250,
         pingInterval: 10_000,
+        // Async traces capture a stack per request (an Error each time) only to improve the
+        // stack of a failed request; on the hot path that costs more than the request itself.
+        noAsyncTraces: true,
         ...options.connection,
       });
     } catch (cause) {
@@ -178,7 +187,7 @@ export class Runtime implements AsyncDisposable {
     payload: z.input<Req>,
     options: RequestOptions = {},
   ): Promise<z.output<Res>> {
-    const data = encode(requestSchema, payload, { maxPayloadBytes: this.maxPayloadBytes });
+    const data = encode(requestSchema, payload, this.#limits);
     const signal = options.signal;
     if (signal?.aborted)
       throw new AbortedError('request aborted before it was sent', { cause: signal.reason });
@@ -206,7 +215,7 @@ export class Runtime implements AsyncDisposable {
     } catch (err) {
       throw mapTransportError(err, subject);
     }
-    return decodeReply(msg, responseSchema, { maxPayloadBytes: this.maxPayloadBytes });
+    return decodeReply(msg, responseSchema, this.#limits);
   }
 
   /** Publishes a typed message without waiting (fire-and-forget). Invalid payloads throw. */
@@ -216,7 +225,7 @@ export class Runtime implements AsyncDisposable {
     payload: z.input<S>,
     options: { reply?: string } = {},
   ): void {
-    const data = encode(schema, payload, { maxPayloadBytes: this.maxPayloadBytes });
+    const data = encode(schema, payload, this.#limits);
     this.nc.publish(subject, data, {
       headers: payloadHeaders(schema),
       ...(options.reply ? { reply: options.reply } : {}),

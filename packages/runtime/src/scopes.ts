@@ -36,6 +36,8 @@ export class ScopeSet {
   }
   /** The first scope that covers the target, if any. */
   find(target: ScopeTarget): Scope | undefined {
+    // Checked for every request; almost always empty.
+    if (this.#scopes.size === 0) return undefined;
     for (const s of this.#scopes.values()) if (scopeMatches(s, target)) return s;
     return undefined;
   }
