@@ -109,6 +109,8 @@ export async function startExecutor(runtime: Runtime, options: ExecutorOptions):
   const actor = await runtime.start(
     defineActor({
       role: options.role ?? 'executor',
+      // Fail closed: no supervisor heard for a while → no tool runs (the runtime's dead-man switch).
+      requireSupervisor: true,
       ...(options.agentId !== undefined ? { agentId: options.agentId } : {}),
       async setup(actor) {
         const kv = await openBucket(runtime.nc, Buckets.idem);

@@ -155,6 +155,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
   const actor = await runtime.start(
     defineActor({
       role,
+      requireSupervisor: true,
       ...(options.agentId ? { agentId: options.agentId } : {}),
       async setup(a) {
         messages = await consumer.consume({

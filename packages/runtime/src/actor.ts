@@ -39,6 +39,11 @@ export interface ActorDefinition {
   version?: string;
   /** Registers handlers and consumers. Throwing here fails the start. */
   setup?(actor: Actor): void | Promise<void>;
+  /**
+   * Take no work while no supervisor is heard (the runtime's dead-man switch): fail closed.
+   * Planners and executors set it; a supervisor must not.
+   */
+  requireSupervisor?: boolean;
   /** Called after the actor has stopped (release resources). */
   teardown?(actor: Actor): void | Promise<void>;
 }
@@ -244,6 +249,7 @@ export class Actor implements AsyncDisposable {
     this.#setBase('running');
     this.#heartbeat();
     this.#heartbeatTimer = setInterval(() => this.#heartbeat(), this.runtime.heartbeatMs);
+    if (this.#definition.requireSupervisor) this.runtime.watchSupervisors();
     this.#heartbeatTimer.unref();
     this.logger.info({ version: this.version }, 'actor started');
   }
@@ -277,6 +283,12 @@ export class Actor implements AsyncDisposable {
     if (paused)
       return new PausedError(`paused: ${describeScope(paused)}`, { details: { scope: paused } });
     if (!this.runtime.connected) return new UnavailableError('NATS connection is down');
+    if (this.#definition.requireSupervisor && !this.runtime.supervisorAlive) {
+      return new UnavailableError(
+        `no supervisor heard for ${this.runtime.supervisorDeadManMs} ms: taking no work (fail closed)`,
+        { details: { reason: 'supervisor_lost' } },
+      );
+    }
     return undefined;
   }
 
@@ -507,6 +519,7 @@ export class Actor implements AsyncDisposable {
           details: { scope: ctl.scope, id: ctl.id },
         });
         ({ aborted, stillRunning } = await this.#abortMatching(ctl.scope, reason, ctl.deadlineMs));
+        if (stillRunning > 0) this.#armWatchdog(ctl.scope);
         this.logger.warn({ scope: ctl.scope, reason: ctl.reason, aborted, stillRunning }, 'halted');
         for (const l of this.#statusListeners) l(this.status);
         break;
@@ -544,6 +557,32 @@ export class Actor implements AsyncDisposable {
         this.logger.warn({ err }, 'could not ack control message');
       }
     }
+  }
+
+  /**
+   * Work that ignored its abort signal past the halt deadline gets `haltWatchdogMs` more; if it
+   * is still running then, the process exits (code 70) rather than let a halted tool act on.
+   */
+  #armWatchdog(scope: Scope): void {
+    const ms = this.runtime.haltWatchdogMs;
+    if (!(ms > 0)) return;
+    const stuck = [...this.#units].filter((u) =>
+      scopeMatches(scope, { agentId: this.agentId, role: this.role, runId: u.runId }),
+    );
+    this.logger.error(
+      { scope, stuck: stuck.map((u) => u.label), exitInMs: ms },
+      'halted work ignores its abort signal',
+    );
+    const timer = setTimeout(() => {
+      const still = stuck.filter((u) => this.#units.has(u));
+      if (still.length === 0) return;
+      this.logger.fatal(
+        { scope, abandoned: still.map((u) => ({ label: u.label, runId: u.runId })) },
+        'halt watchdog: exiting',
+      );
+      process.exit(70);
+    }, ms);
+    timer.unref();
   }
 
   /** Aborts every unit matching `scope` and waits until they settle or the deadline passes. */
@@ -663,7 +702,9 @@ export class Actor implements AsyncDisposable {
       ts: now,
       intervalMs: this.runtime.heartbeatMs,
       expiresAt: now + 3 * this.runtime.heartbeatMs,
-      degraded: !this.runtime.connected,
+      degraded:
+        !this.runtime.connected ||
+        (this.#definition.requireSupervisor === true && !this.runtime.supervisorAlive),
     };
     if (this.#error) hb.error = toWireError(this.#error);
     return hb;

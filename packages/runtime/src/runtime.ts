@@ -42,6 +42,17 @@ export interface RuntimeOptions {
   traceRetention?: TraceRetention;
   /** Heartbeat interval of every actor on this runtime (default 2 s). */
   heartbeatMs?: number;
+  /**
+   * Dead-man switch: actors that declare `requireSupervisor` take no work when no supervisor
+   * heartbeat was heard for this long (default 10 s; fail closed). `REINS_DEADMAN_MS` overrides.
+   */
+  supervisorDeadManMs?: number;
+  /**
+   * After a halt, work that still runs past the halt deadline plus this long makes the process
+   * exit (code 70): a tool that ignores its abort signal must not keep acting (default 10 s;
+   * 0 turns the watchdog off). `REINS_HALT_WATCHDOG_MS` overrides.
+   */
+  haltWatchdogMs?: number;
 }
 
 /** Options of `Runtime.request`. */
@@ -66,6 +77,10 @@ export class Runtime implements AsyncDisposable {
   readonly heartbeatMs: number;
   readonly actors = new Set<Actor>();
   #connected = true;
+  readonly supervisorDeadManMs: number;
+  readonly haltWatchdogMs: number;
+  #supervisorSeenAt = Date.now();
+  #supervisorWatch: { unsubscribe(): void } | undefined;
   #halts: Promise<HaltMarkers> | undefined;
   #agents: Promise<KV> | undefined;
   #closed = false;
@@ -80,6 +95,8 @@ export class Runtime implements AsyncDisposable {
     this.maxPayloadBytes = options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
     this.#limits = { maxPayloadBytes: this.maxPayloadBytes };
     this.heartbeatMs = options.heartbeatMs ?? 2000;
+    this.supervisorDeadManMs = options.supervisorDeadManMs ?? envMs('REINS_DEADMAN_MS') ?? 10_000;
+    this.haltWatchdogMs = options.haltWatchdogMs ?? envMs('REINS_HALT_WATCHDOG_MS') ?? 10_000;
     void this.#watchStatus();
   }
 
@@ -126,6 +143,27 @@ export class Runtime implements AsyncDisposable {
       }
     }
     return runtime;
+  }
+
+  /**
+   * True when a supervisor heartbeat was heard within `supervisorDeadManMs` (the grace period
+   * starts when the first actor that needs a supervisor starts watching).
+   */
+  get supervisorAlive(): boolean {
+    this.watchSupervisors();
+    return Date.now() - this.#supervisorSeenAt <= this.supervisorDeadManMs;
+  }
+
+  /** Starts listening to supervisor heartbeats (idempotent); the dead-man grace starts now. */
+  watchSupervisors(): void {
+    if (this.#supervisorWatch || this.nc.isClosed()) return;
+    this.#supervisorSeenAt = Date.now();
+    const sub = this.nc.subscribe(this.subjects.heartbeat('supervisor', '*'), {
+      callback: (err) => {
+        if (!err) this.#supervisorSeenAt = Date.now();
+      },
+    });
+    this.#supervisorWatch = sub;
   }
 
   /** False while the connection to NATS is down (actors report it as degraded). */
@@ -253,4 +291,11 @@ export class Runtime implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close().then(() => undefined);
   }
+}
+
+function envMs(name: string): number | undefined {
+  const v = process.env[name];
+  if (v === undefined || v === '') return undefined;
+  const n = Number(v);
+  return Number.isFinite(n) && n >= 0 ? n : undefined;
 }

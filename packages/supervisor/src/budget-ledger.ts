@@ -1,4 +1,4 @@
-import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
+import { jetstream, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { z } from 'zod';
@@ -47,6 +47,7 @@ const Amount = z.object({
 type Amount = z.infer<typeof Amount>;
 
 const Reservation = z.object({ amount: Amount, expiresAt: z.number().int().nullable() });
+type Reservation = z.infer<typeof Reservation>;
 
 const ScopeDoc = z.object({
   v: z.literal(1),
@@ -166,6 +167,14 @@ export interface ReaperOptions {
   onError?: (err: unknown) => void;
 }
 
+/** Options of `BudgetLedger.reap`. */
+export interface ReapOptions {
+  /** Ends the pass at the next KV operation; what was reaped so far is returned. */
+  signal?: AbortSignal;
+  /** Called for a scope the pass skipped because its doc is corrupt (the pass goes on). */
+  onError?: (err: unknown) => void;
+}
+
 /** Parameters of `reserve`. */
 export interface ReserveRequest {
   grantId: string;
@@ -190,6 +199,10 @@ const SCOPE_PATTERN = /^(?:(?:run|agent|role|tenant)\.[A-Za-z0-9_-]{1,64}|global
 const MAX_LEASE_MS = 24 * 3600_000;
 const GRANTS_BUCKET = Buckets.budgetGrants;
 const CACHE_MAX = 4096;
+/** Scope reads a reap pass keeps in flight at once. */
+const REAP_READ_CONCURRENCY = 16;
+/** CAS attempts a reap pass makes on one scope before leaving it to the next pass. */
+const REAP_ATTEMPTS = 3;
 
 /** Returns `scope` when it is a valid ledger scope key; throws a `ProtocolError` otherwise. */
 export function assertBudgetScope(scope: unknown): string {
@@ -280,6 +293,13 @@ function capOf(cap: Budget, d: BudgetDimension): number | undefined {
 
 const userUnits = (d: BudgetDimension, v: number) => (d === 'usd' ? v / MICROS : v);
 
+/** The reservations of `doc` whose lease ended at or before `now` (carves never expire). */
+function expiredOf(doc: ScopeDoc, now: number): [string, Reservation][] {
+  return Object.entries(doc.reservations).filter(
+    ([, r]) => r.expiresAt !== null && r.expiresAt <= now,
+  );
+}
+
 function reservedOf(doc: ScopeDoc): Amount {
   let sum = zero();
   for (const r of Object.values(doc.reservations)) sum = add(sum, r.amount);
@@ -358,15 +378,28 @@ type Mutation<T> = { result: T; write?: ScopeDoc };
 export class BudgetLedger {
   readonly #kv: KV;
   readonly #grants: KV;
+  readonly #jsm: JetStreamManager;
+  /** Stream and subject prefix of the scope bucket, for listing its keys. */
+  readonly #stream: string;
+  readonly #subjectPrefix: string;
   readonly #cache = new Map<string, { doc: ScopeDoc; rev: number }>();
   readonly #maxAttempts: number;
   readonly #casDeadlineMs: number;
   readonly #ring: number;
   readonly #now: () => number;
 
-  private constructor(kv: KV, grants: KV, options: BudgetLedgerOptions) {
+  private constructor(
+    kv: KV,
+    grants: KV,
+    jsm: JetStreamManager,
+    bucket: string,
+    options: BudgetLedgerOptions,
+  ) {
     this.#kv = kv;
     this.#grants = grants;
+    this.#jsm = jsm;
+    this.#stream = `KV_${bucket}`;
+    this.#subjectPrefix = `$KV.${bucket}.`;
     this.#maxAttempts = options.maxAttempts ?? 100;
     this.#casDeadlineMs = options.casDeadlineMs ?? 5_000;
     this.#ring = options.settledRing ?? 128;
@@ -382,13 +415,15 @@ export class BudgetLedger {
     const kvm = new Kvm(js);
     try {
       const replicas = options.replicas ?? 1;
-      const kv = await kvm.create(options.bucket ?? Buckets.budget, { history: 1, replicas });
+      const bucket = options.bucket ?? Buckets.budget;
+      const kv = await kvm.create(bucket, { history: 1, replicas });
       const grants = await kvm.create(options.grantsBucket ?? GRANTS_BUCKET, {
         history: 1,
         replicas,
         ttl: options.grantRetentionMs ?? 7 * 24 * 3600_000,
       });
-      return new BudgetLedger(kv, grants, options);
+      const jsm = await js.jetstreamManager(false);
+      return new BudgetLedger(kv, grants, jsm, bucket, options);
     } catch (err) {
       throw unavailable('cannot open the ledger buckets', err);
     }
@@ -510,76 +545,61 @@ export class BudgetLedger {
   /**
    * Returns every reservation whose lease ended at or before `now` to its scope and reports
    * them. Scans every scope key: run it from a background reaper, not a hot path.
+   *
+   * A pass is bounded: it lists the scopes once (a snapshot, not a live consumer), reads them
+   * all, and only writes the scopes that hold an expired reservation, each with a few quick CAS
+   * attempts. A scope that stays contended is skipped (its reservations are still expired, so
+   * the next pass returns them) instead of backing off for seconds, so several reapers on one
+   * bucket neither stall each other nor starve the reservers. A corrupt scope is reported to
+   * `onError` and skipped; a KV failure ends the pass with an `UnavailableError`. An aborted
+   * `signal` ends the pass at the next KV operation and returns what was reaped so far.
    */
-  async reap(now: number = this.#now()): Promise<ReapedReservation[]> {
-    const out: ReapedReservation[] = [];
-    let keys: string[];
-    try {
-      keys = [];
-      for await (const k of await this.#kv.keys()) keys.push(k);
-    } catch (err) {
-      throw unavailable('cannot list scopes', err);
-    }
-    for (const scope of keys.sort()) {
-      if (!SCOPE_PATTERN.test(scope)) continue;
-      const reaped = await this.#mutate(
-        scope,
-        (doc) => {
-          if (!doc) return { result: [] as ReapedReservation[] };
-          const expired = Object.entries(doc.reservations).filter(
-            ([, r]) => r.expiresAt !== null && r.expiresAt <= now,
-          );
-          if (expired.length === 0) return { result: [] as ReapedReservation[] };
-          const next = cloneDoc(doc);
-          next.reservations = without(
-            next.reservations,
-            expired.map(([id]) => id),
-          );
-          return {
-            result: expired.map(([grantId, r]) => ({
-              scope,
-              grantId,
-              amount: toUser(r.amount),
-              expiresAt: r.expiresAt ?? 0,
-            })),
-            write: next,
-          };
-        },
-        true,
-      );
-      out.push(...reaped);
-    }
-    return out;
+  async reap(now: number = this.#now(), options: ReapOptions = {}): Promise<ReapedReservation[]> {
+    const { reaped, error } = await this.#reapPass(now, options);
+    if (error !== undefined) throw error;
+    return reaped;
   }
 
   /**
-   * Runs `reap()` every `intervalMs` (never two passes at once) until stopped. Failures go to
-   * `onError` and the next pass tries again.
+   * Runs `reap()` about every `intervalMs` (jittered, so reapers sharing a bucket spread out;
+   * never two passes at once) until stopped. Failures go to `onError` and the next pass tries
+   * again. `stop()` aborts a running pass at its next KV operation, so it resolves within about
+   * one operation timeout; reservations reaped by that pass are still reported to `onReaped`.
    */
   startReaper(intervalMs: number, options: ReaperOptions = {}): Reaper {
     if (!(intervalMs > 0)) throw new ProtocolError('startReaper: intervalMs must be positive');
     let stopped = false;
     let timer: NodeJS.Timeout | undefined;
     let running: Promise<void> = Promise.resolve();
+    const abort = new AbortController();
+    const report = (fn: (() => void) | undefined) => {
+      try {
+        fn?.();
+      } catch {
+        // A throwing callback must not end the loop.
+      }
+    };
+    const schedule = () => {
+      if (stopped) return;
+      timer = setTimeout(tick, intervalMs * (0.5 + Math.random()));
+      timer.unref();
+    };
     const tick = () => {
       running = (async () => {
-        try {
-          const reaped = await this.reap();
-          if (reaped.length > 0) options.onReaped?.(reaped);
-        } catch (err) {
-          options.onError?.(err);
-        }
-        if (!stopped) {
-          timer = setTimeout(tick, intervalMs);
-          timer.unref();
-        }
+        const { reaped, error } = await this.#reapPass(this.#now(), {
+          signal: abort.signal,
+          ...(options.onError ? { onError: options.onError } : {}),
+        });
+        if (reaped.length > 0) report(() => options.onReaped?.(reaped));
+        if (error !== undefined && !abort.signal.aborted) report(() => options.onError?.(error));
+        schedule();
       })();
     };
-    timer = setTimeout(tick, intervalMs);
-    timer.unref();
+    schedule();
     const stop = async () => {
       stopped = true;
       clearTimeout(timer);
+      abort.abort();
       await running;
     };
     return { stop, [Symbol.asyncDispose]: stop };
@@ -760,6 +780,141 @@ export class BudgetLedger {
     return { doc: this.#decode(ScopeDoc, e.value, `scope ${scope}`), rev: e.revision };
   }
 
+  /** Caches a doc just written. Bounded, least recently written first out: a miss only costs a read. */
+  #remember(scope: string, doc: ScopeDoc, rev: number): void {
+    this.#cache.delete(scope);
+    this.#cache.set(scope, { doc, rev });
+    if (this.#cache.size > CACHE_MAX) {
+      const oldest = this.#cache.keys().next();
+      if (!oldest.done) this.#cache.delete(oldest.value);
+    }
+  }
+
+  /**
+   * The scope keys of the bucket, from one stream-info snapshot (paged by the client). Not
+   * `kv.keys()`: its ordered consumer only ends on a message with nothing pending or on an idle
+   * heartbeat, so under a steady stream of writes a listing can run for tens of seconds.
+   */
+  async #listScopes(): Promise<string[]> {
+    let subjects: Record<string, number>;
+    try {
+      const info = await this.#jsm.streams.info(this.#stream, {
+        subjects_filter: `${this.#subjectPrefix}>`,
+      });
+      subjects = info.state.subjects ?? {};
+    } catch (err) {
+      throw unavailable('cannot list scopes', err);
+    }
+    return Object.keys(subjects)
+      .filter((s) => s.startsWith(this.#subjectPrefix))
+      .map((s) => s.slice(this.#subjectPrefix.length))
+      .filter((k) => SCOPE_PATTERN.test(k));
+  }
+
+  /**
+   * One reap pass (see `reap`). Never throws: a failure that ends the pass comes back as
+   * `error`, next to what was reaped before it.
+   */
+  async #reapPass(
+    now: number,
+    options: ReapOptions,
+  ): Promise<{ reaped: ReapedReservation[]; error?: ReinsError }> {
+    const { signal, onError } = options;
+    const reaped: ReapedReservation[] = [];
+    const skip = (err: unknown): boolean => {
+      // A corrupt doc (not retryable) is that scope's problem; anything else ends the pass.
+      if (!(err instanceof UnavailableError) || err.retryable) return false;
+      try {
+        onError?.(err);
+      } catch {
+        // ignore a throwing callback
+      }
+      return true;
+    };
+    let error: ReinsError | undefined;
+    const fail = (err: unknown) => {
+      error ??= unavailable('reap pass failed', err);
+    };
+    try {
+      const scopes = await this.#listScopes();
+      // Read everything first (a few reads in flight), keep what holds an expired reservation.
+      const due: { scope: string; snap: Snapshot }[] = [];
+      let next = 0;
+      const reader = async () => {
+        while (error === undefined && !signal?.aborted) {
+          const scope = scopes[next++];
+          if (scope === undefined) return;
+          try {
+            const snap = await this.#read(scope);
+            if (snap.doc && expiredOf(snap.doc, now).length > 0) due.push({ scope, snap });
+          } catch (err) {
+            if (!skip(err)) fail(err);
+          }
+        }
+      };
+      await Promise.all(
+        Array.from({ length: Math.min(REAP_READ_CONCURRENCY, scopes.length) }, reader),
+      );
+      // Write only those, in random order so reapers sharing the bucket rarely collide.
+      for (let i = due.length - 1; i > 0; i--) {
+        const j = Math.floor(Math.random() * (i + 1));
+        const a = due[i];
+        const b = due[j];
+        if (a && b) [due[i], due[j]] = [b, a];
+      }
+      for (const { scope, snap } of due) {
+        if (error !== undefined || signal?.aborted) break;
+        try {
+          reaped.push(...(await this.#reapScope(scope, snap, now, signal)));
+        } catch (err) {
+          if (!skip(err)) fail(err);
+        }
+      }
+    } catch (err) {
+      fail(err);
+    }
+    return error === undefined ? { reaped } : { reaped, error };
+  }
+
+  /**
+   * Removes the expired reservations of one scope, starting from a doc already read. A few
+   * quick CAS attempts; a scope still contended after them is left to the next pass.
+   */
+  async #reapScope(
+    scope: string,
+    first: Snapshot,
+    now: number,
+    signal: AbortSignal | undefined,
+  ): Promise<ReapedReservation[]> {
+    let snap = first;
+    for (let attempt = 0; ; attempt++) {
+      if (!snap.doc) return [];
+      const expired = expiredOf(snap.doc, now);
+      if (expired.length === 0) return [];
+      const next = cloneDoc(snap.doc);
+      next.reservations = without(
+        next.reservations,
+        expired.map(([id]) => id),
+      );
+      try {
+        const rev = await this.#kv.update(scope, encoder.encode(JSON.stringify(next)), snap.rev);
+        this.#remember(scope, next, rev);
+        return expired.map(([grantId, r]) => ({
+          scope,
+          grantId,
+          amount: toUser(r.amount),
+          expiresAt: r.expiresAt ?? 0,
+        }));
+      } catch (err) {
+        this.#cache.delete(scope);
+        if (!isCasConflict(err)) throw unavailable(`cannot write ${scope}`, err);
+      }
+      if (attempt + 1 >= REAP_ATTEMPTS || signal?.aborted) return [];
+      await sleep(backoffDelay(attempt));
+      snap = await this.#read(scope);
+    }
+  }
+
   /**
    * The CAS loop every scope write goes through. `fn` sees the current doc and returns the
    * result plus, when something changes, the next doc. A write only lands on the revision `fn`
@@ -787,13 +942,7 @@ export class BudgetLedger {
           snap.rev === 0
             ? await this.#kv.create(scope, bytes)
             : await this.#kv.update(scope, bytes, snap.rev);
-        // Bounded, least recently written first out: a cache miss only costs a read.
-        this.#cache.delete(scope);
-        this.#cache.set(scope, { doc: out.write, rev });
-        if (this.#cache.size > CACHE_MAX) {
-          const oldest = this.#cache.keys().next();
-          if (!oldest.done) this.#cache.delete(oldest.value);
-        }
+        this.#remember(scope, out.write, rev);
         return out.result;
       } catch (err) {
         this.#cache.delete(scope);

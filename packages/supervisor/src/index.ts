@@ -5,6 +5,7 @@ export type {
   LedgerAmount,
   ReapedReservation,
   Reaper,
+  ReapOptions,
   ReaperOptions,
   ReleaseCarveResult,
   ReserveRequest,

@@ -910,6 +910,19 @@ export async function startSupervisor(
               )
               .map((k) => k.agentId);
             const missing = expected.map((e) => e.agentId).filter((id) => !acked.includes(id));
+            // Fencing: an agent that did not acknowledge in time is halted as a whole. Its grants
+            // are refused from now on (supervisors and executors check agent markers), and its
+            // own runtime refuses work once it hears the marker. `resume` with its agent scope lifts it.
+            for (const id of missing) {
+              await halts.write({
+                haltId: newId('h'),
+                scope: { kind: 'agent', agentId: id },
+                reason: `fenced: no acknowledgement of halt ${haltId} within ${req.deadlineMs} ms`,
+                createdAt: Date.now(),
+                requestedBy: agentId,
+              });
+              await record({ action: 'fence', agentId: id, details: { haltId } });
+            }
             const reply: HaltReply = {
               haltId,
               acked,

@@ -4,6 +4,9 @@ import { z } from 'zod';
 import { pack } from 'msgpackr';
 import {
   ActRequest,
+  Buckets,
+  Heartbeat,
+  encode,
   ApprovalDecision,
   ApprovalDeniedError,
   ApprovalListReply,
@@ -30,6 +33,7 @@ import {
   hashArgs,
 } from '@reins/protocol';
 import { Runtime, createLogger, defineActor } from '@reins/runtime';
+import { Kvm } from '@nats-io/kv';
 import { startNatsServer, type NatsServer } from '@reins/testing';
 import { readAudit, startSupervisor, verifyAudit, type Supervisor } from '../src/index.js';
 
@@ -382,6 +386,57 @@ describe('supervisor actor', () => {
     );
     expect(rec).toMatchObject({ status: 'stopped', stopReason: 'BREAKER' });
     expect((await authorize(run.runId, 0)).decision).toBe('deny');
+  });
+
+  it('fences an agent that does not acknowledge a halt: its grants are refused until resumed', async () => {
+    const run = await start({ steps: 10 });
+    // A silent agent: present (heartbeat in KV, working on the run) but deaf to control messages.
+    const now = Date.now();
+    const kv = await new Kvm(client.nc).open(Buckets.agents);
+    await kv.put(
+      'ghost-1',
+      encode(Heartbeat, {
+        agentId: 'ghost-1',
+        role: 'planner',
+        status: 'running',
+        inFlight: 1,
+        runs: [run.runId],
+        memory: { rss: 1, heapUsed: 1 },
+        version: 'x',
+        ts: now,
+        intervalMs: 1000,
+        expiresAt: now + 60_000,
+      }),
+    );
+    expect((await authorize(run.runId, 0, 'ghost-1')).decision).toBe('grant');
+    const reply = await client.request(client.subjects.ctlHalt, HaltRequest, HaltReply, {
+      scope: { kind: 'run', runId: run.runId },
+      reason: 'stop',
+      deadlineMs: 300,
+    });
+    expect(reply.missing).toEqual(['ghost-1']);
+    await client.request(client.subjects.ctlResume, HaltRequest, HaltReply, {
+      scope: { kind: 'run', runId: run.runId },
+      reason: 'go',
+      deadlineMs: 300,
+    });
+    // The run is resumed, but the fenced agent stays refused; other agents are granted.
+    await expect
+      .poll(async () => (await authorize(run.runId, 0, 'p1')).decision, { timeout: 5000 })
+      .toBe('grant');
+    expect(await authorize(run.runId, 0, 'ghost-1')).toMatchObject({
+      decision: 'deny',
+      error: { code: 'HALTED' },
+    });
+    await client.request(client.subjects.ctlResume, HaltRequest, HaltReply, {
+      scope: { kind: 'agent', agentId: 'ghost-1' },
+      reason: 'checked',
+      deadlineMs: 300,
+    });
+    await expect
+      .poll(async () => (await authorize(run.runId, 0, 'ghost-1')).decision, { timeout: 5000 })
+      .toBe('grant');
+    await kv.delete('ghost-1');
   });
 
   it('halt refuses grants for the run from that moment; resume grants again', async () => {
