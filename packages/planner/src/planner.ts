@@ -84,6 +84,11 @@ export interface PlannerOptions {
   ackWaitMs?: number;
   /** Tool call timeout (default 30 s). */
   toolTimeoutMs?: number;
+  /**
+   * Deliveries of one step before a retryable failure (no executor for a tool, supervisor
+   * unreachable, approval still pending…) ends the run as failed (default 20, with backoff).
+   */
+  maxAttempts?: number;
   /** Wait for a delegated child run at most this long (default 10 min). */
   childTimeoutMs?: number;
 }
@@ -113,6 +118,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
   const ackWaitMs = options.ackWaitMs ?? 30_000;
   const maxHistory = options.maxHistory ?? 200;
   const toolTimeoutMs = options.toolTimeoutMs ?? 30_000;
+  const maxAttempts = options.maxAttempts ?? 20;
   const delegateTo = options.delegateTo ?? [];
   const tools: ToolSpec[] = [...options.tools];
   if (delegateTo.length) {
@@ -196,9 +202,15 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
           (scope as { kind?: unknown }).kind === 'run';
         if (runScoped) m.ack();
         else m.nak(5000);
-      } else if (err instanceof ReinsError && err.retryable) {
-        a.logger.warn({ err, runId: task.runId }, 'step failed; will retry');
-        m.nak(2000);
+      } else if (err instanceof ReinsError && err.details?.['reason'] === 'supervisor_lost') {
+        // Dead-man switch: no supervisor, no step (fail closed) — and no give-up either.
+        m.nak(5000);
+      } else if (err instanceof ReinsError && err.retryable && m.info.deliveryCount < maxAttempts) {
+        a.logger.warn(
+          { err, runId: task.runId, attempt: m.info.deliveryCount },
+          'step failed; will retry',
+        );
+        m.nak(Math.min(30_000, 1000 * 2 ** Math.min(5, m.info.deliveryCount - 1)));
       } else {
         a.logger.error({ err, runId: task.runId }, 'step failed; ending the run');
         await endRun(a, task.runId, 'failed', {
