@@ -44,6 +44,12 @@ export interface ActorDefinition {
    * Planners and executors set it; a supervisor must not.
    */
   requireSupervisor?: boolean;
+  /**
+   * Whether halts and pauses apply to this actor (default true). The supervisor sets false: it
+   * is the one that halts, and must keep answering (resume, runs.get) while everything else is
+   * halted.
+   */
+  haltable?: boolean;
   /** Called after the actor has stopped (release resources). */
   teardown?(actor: Actor): void | Promise<void>;
 }
@@ -264,7 +270,8 @@ export class Actor implements AsyncDisposable {
    */
   refusal(runId?: string): ReinsError | undefined {
     const target = { agentId: this.agentId, role: this.role, runId };
-    const halt = this.#haltFor(target);
+    const haltable = this.#definition.haltable !== false;
+    const halt = haltable ? this.#haltFor(target) : undefined;
     if (halt)
       return new HaltedError(`halted: ${describeScope(halt)}`, { details: { scope: halt } });
     switch (this.#base) {
@@ -279,7 +286,7 @@ export class Actor implements AsyncDisposable {
       case 'failed':
         return new UnavailableError(`agent ${this.agentId} has failed`, { retryable: false });
     }
-    const paused = this.#paused.find(target);
+    const paused = haltable ? this.#paused.find(target) : undefined;
     if (paused)
       return new PausedError(`paused: ${describeScope(paused)}`, { details: { scope: paused } });
     if (!this.runtime.connected) return new UnavailableError('NATS connection is down');
@@ -510,6 +517,8 @@ export class Actor implements AsyncDisposable {
     const coversSelf = scopeMatches(ctl.scope, self);
     // Run-scoped messages concern every actor (it must refuse the run from now on).
     if (!coversSelf && ctl.scope.kind !== 'run') return;
+    // A non-haltable actor (the supervisor) neither halts nor pauses, and does not ack.
+    if (this.#definition.haltable === false) return;
     let aborted = 0;
     let stillRunning = 0;
     switch (ctl.type) {

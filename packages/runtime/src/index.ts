@@ -25,3 +25,18 @@ export { decodeReply, errorPayload, payloadHeaders, isErrorReply } from './wire.
 export { broadcastControl } from './control.js';
 export type { BroadcastOptions } from './control.js';
 export { parseEnv } from './env-config.js';
+export {
+  SECURE_ROLES,
+  createSecureConfig,
+  securePermissions,
+  nkeyConnection,
+  loadNkeySeed,
+  inboxPrefixOf,
+} from './secure-mode.js';
+export type {
+  SecureRole,
+  SecureConfigOptions,
+  SecureUser,
+  SecureConfig,
+  SubjectPermissions,
+} from './secure-mode.js';

@@ -147,7 +147,8 @@ export async function startSupervisor(
 
   const jsm = await js.jetstreamManager();
   await ensureAuditStream(jsm, { prefix: subjects.prefix });
-  const ledger = await BudgetLedger.open(nc);
+  // Generous CAS retry bounds: under heavy contention a reservation waits rather than fails.
+  const ledger = await BudgetLedger.open(nc, { maxAttempts: 1000, casDeadlineMs: 30_000 });
   const runs = new RunStore(await openBucket(nc, Buckets.runs));
   const approvals = new ApprovalStore(await openBucket(nc, Buckets.approvals));
   const approvalTimeoutMs = options.approvalTimeoutMs ?? 600_000;
@@ -358,6 +359,8 @@ export async function startSupervisor(
     defineActor({
       role: 'supervisor',
       agentId,
+      // The control plane is never halted by the halts it issues.
+      haltable: false,
       // Stopping the actor (dispose, SIGTERM via the runtime) also stops the reaper.
       teardown: () => reaper.stop(),
       setup(a) {
@@ -884,8 +887,9 @@ export async function startSupervisor(
                 if (!(err instanceof NotFoundError)) throw err;
               });
             }
+            // Supervisors are not haltable (they issue halts), so they are not expected to ack.
             const live = (await listAgents(runtime, { includeLost: false })).filter(
-              (ag) => ag.agentId !== agentId,
+              (ag) => ag.role !== 'supervisor',
             );
             const expected = live.filter((ag) =>
               req.scope.kind === 'run'
