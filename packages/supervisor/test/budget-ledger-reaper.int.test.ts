@@ -78,7 +78,7 @@ describe('BudgetLedger reapers sharing a bucket', () => {
       const burst = await Promise.all(
         Array.from({ length: 300 }, async (_, i) => {
           const grantId = uid('g');
-          const scopes = budgetScopes({ runId: runs[i % runs.length], agentId: `a${i % 7}` });
+          const scopes = budgetScopes({ runId: runs[i % runs.length]!, agentId: `a${i % 7}` });
           const r = await ledger(i).reserve({
             grantId,
             scopes,
@@ -98,7 +98,7 @@ describe('BudgetLedger reapers sharing a bucket', () => {
           await Promise.all(
             Array.from({ length: 20 }, async (_, i) => {
               const grantId = uid('l');
-              const scopes = budgetScopes({ runId: runs[(n + i) % runs.length] });
+              const scopes = budgetScopes({ runId: runs[(n + i) % runs.length]! });
               await ledger(n + i).reserve({ grantId, scopes, amount: { usd: 0.01 }, leaseMs: 100 });
               if (i % 2 === 0) await ledger(n + i + 2).settle(grantId, { usd: 0.01 });
             }),
