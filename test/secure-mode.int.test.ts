@@ -26,16 +26,11 @@ import {
   type RuntimeOptions,
   type SecureConfig,
   type SecureRole,
-} from '../packages/runtime/dist/index.js';
-import {
-  createFileTools,
-  createScriptedModel,
-  researchScript,
-  toolSpec,
-} from '../packages/models/dist/index.js';
-import { startSupervisor, type Supervisor } from '../packages/supervisor/dist/index.js';
-import { startExecutor } from '../packages/executor/dist/index.js';
-import { startPlanner } from '../packages/planner/dist/index.js';
+} from '@reins/runtime';
+import { createFileTools, createScriptedModel, researchScript, toolSpec } from '@reins/models';
+import { startSupervisor, type Supervisor } from '@reins/supervisor';
+import { startExecutor } from '@reins/executor';
+import { startPlanner } from '@reins/planner';
 
 const quiet = () => createLogger({ level: process.env['REINS_LOG_LEVEL'] ?? 'silent' });
 const PLANNER_ROLE = 'researcher';

@@ -6,7 +6,7 @@ import { runInNewContext } from 'node:vm';
 import { natsServerVersion, startNatsServer } from '@reins/testing';
 import { markdown, memoryDelta, memorySample, writeReport } from './report.js';
 import { suites } from './suites/index.js';
-import type { RunReport, SuiteContext, SuiteReport } from './types.js';
+import type { Check, Figure, RunReport, SuiteContext, SuiteReport } from './types.js';
 
 const USAGE = `usage: node bench/dist/main.js [--quick] [--only <suite>]
 suites: ${suites.map((s) => s.name).join(', ')}`;
@@ -58,13 +58,23 @@ async function main(): Promise<void> {
   };
 
   await using nats = await startNatsServer();
+  let figures: Figure[] = [];
+  let checks: Check[] = [];
   const ctx: SuiteContext = {
     natsUrl: nats.url,
     quick,
     log: (message) => console.error(`  ${message}`),
+    gc: collect,
+    check: (ok, message) => {
+      checks.push({ ok, message });
+      if (!ok) console.error(`  INVARIANT BROKEN: ${message}`);
+    },
+    figure: (metric, value, unit) => figures.push({ metric, value, unit }),
   };
   for (const suite of selected) {
     console.error(`${suite.name}: ${suite.description}`);
+    figures = [];
+    checks = [];
     collect();
     const before = memorySample();
     const started = performance.now();
@@ -78,12 +88,20 @@ async function main(): Promise<void> {
       durationMs,
       memory: { before, after, delta: memoryDelta(before, after) },
       results,
+      figures,
+      checks,
     };
     report.suites.push(entry);
   }
   console.log(markdown(report));
   const written = await writeReport(RESULTS_DIR, report);
   console.error(`\nwrote ${written.join(', ')}`);
+  const broken = report.suites.flatMap((s) => s.checks.filter((c) => !c.ok));
+  if (broken.length > 0) {
+    // Only a broken invariant fails the run, never a timing.
+    console.error(`${broken.length} invariant(s) broken`);
+    process.exitCode = 1;
+  }
 }
 
 main().catch((err: unknown) => {

@@ -4,7 +4,10 @@ import type { MemorySample, Result, RunReport } from './types.js';
 
 function formatValue(value: number, unit: string): string {
   if (!Number.isFinite(value)) return 'n/a';
-  if (unit === 'ops/s') return `${Math.round(value).toLocaleString('en-US')} ops/s`;
+  if (unit === 'ops/s' || unit === 'steps/s')
+    return `${Math.round(value).toLocaleString('en-US')} ${unit}`;
+  if (unit === '×') return `${value.toFixed(3)}×`;
+  if (unit === 'µs' && value >= 10_000) return `${(value / 1000).toFixed(1)} ms`;
   return `${value.toFixed(1)} ${unit}`;
 }
 
@@ -41,6 +44,18 @@ export function markdown(report: RunReport): string {
           `| ${r.ratio.toFixed(2)}× | ${verdict(r)} |`,
       );
     }
+  }
+  const figures = report.suites.flatMap((s) => s.figures.map((f) => ({ suite: s.name, f })));
+  if (figures.length > 0) {
+    lines.push('', '| suite | figure (no raw baseline) | value |', '| --- | --- | ---: |');
+    for (const { suite, f } of figures)
+      lines.push(`| ${suite} | ${f.metric} | ${formatValue(f.value, f.unit)} |`);
+  }
+  const checks = report.suites.flatMap((s) => s.checks.map((c) => ({ suite: s.name, c })));
+  if (checks.length > 0) {
+    lines.push('', '| suite | invariant | holds |', '| --- | --- | --- |');
+    for (const { suite, c } of checks)
+      lines.push(`| ${suite} | ${c.message} | ${c.ok ? 'yes' : '**NO**'} |`);
   }
   lines.push('', '| suite | duration | RSS Δ | heap used Δ | RSS after | heap used after |');
   lines.push('| --- | ---: | ---: | ---: | ---: | ---: |');

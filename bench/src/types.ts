@@ -6,6 +6,28 @@ export interface SuiteContext {
   quick: boolean;
   /** Progress line on stderr (the table goes to stdout). */
   log(message: string): void;
+  /** A full garbage collection (for heap figures that compare live memory). */
+  gc(): void;
+  /**
+   * Records an invariant (overshoot 0, no lost step). A broken one is printed and makes the run
+   * exit non-zero; timings never do.
+   */
+  check(ok: boolean, message: string): void;
+  /** Records a figure that has no raw NATS counterpart (heap growth, overshoot ratio…). */
+  figure(metric: string, value: number, unit: string): void;
+}
+
+/** A figure without a raw NATS baseline (memory, accuracy). */
+export interface Figure {
+  metric: string;
+  value: number;
+  unit: string;
+}
+
+/** An invariant a suite checked. */
+export interface Check {
+  ok: boolean;
+  message: string;
 }
 
 /** Whether a smaller or a larger figure is the better one. */
@@ -49,6 +71,10 @@ export interface SuiteReport {
   durationMs: number;
   memory: { before: MemorySample; after: MemorySample; delta: MemorySample };
   results: Result[];
+  /** Figures without a baseline. */
+  figures: Figure[];
+  /** Invariants checked; any `ok: false` fails the run. */
+  checks: Check[];
 }
 
 /** Everything one run wrote to `bench/results/<timestamp>.json`. */

@@ -1,5 +1,17 @@
 import type { Suite } from '../types.js';
+import { budgetAccuracy } from './budget-accuracy.js';
+import { governedStepSuite } from './governed-step.js';
+import { haltLatency } from './halt-latency.js';
 import { requestReply } from './request-reply.js';
+import { stepsPerRun } from './steps-per-run.js';
+import { throughput } from './throughput.js';
 
 /** Every suite, in the order they run. Add a new suite here. */
-export const suites: readonly Suite[] = [requestReply];
+export const suites: readonly Suite[] = [
+  requestReply,
+  governedStepSuite,
+  stepsPerRun,
+  throughput,
+  haltLatency,
+  budgetAccuracy,
+];

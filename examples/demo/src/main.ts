@@ -11,8 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect } from '@reins/client';
 import { createGrantSigner, type TraceEvent } from '@reins/protocol';
-import { startNatsServer } from '@reins/testing';
-import { startSwarm } from './swarm.js';
+import { startNatsServer, startSwarm } from '@reins/testing';
 
 const here = fileURLToPath(new URL('..', import.meta.url));
 const color = process.stdout.isTTY && !process.env['NO_COLOR'];

@@ -13,6 +13,7 @@ import {
   RunStartRequest,
   TimeoutError,
   NotFoundError,
+  ReinsError,
   AbortedError,
   type Scope,
   type TraceEvent,
@@ -159,11 +160,16 @@ export async function connect(options: ClientOptions = {}): Promise<ReinsClient>
         for (;;) {
           if (o.signal?.aborted)
             throw new AbortedError('stopped waiting for the run', { cause: o.signal.reason });
-          const rec = await get(id);
-          if (TERMINAL.has(rec.status)) return rec;
+          // A supervisor restart is not the end of the run: keep asking until the deadline.
+          const rec = await get(id).catch((err: unknown) => {
+            if (err instanceof ReinsError && err.retryable && Date.now() < deadline)
+              return undefined;
+            throw err;
+          });
+          if (rec && TERMINAL.has(rec.status)) return rec;
           if (Date.now() > deadline)
             throw new TimeoutError(`run ${id} did not end in time`, {
-              details: { runId: id, status: rec.status },
+              details: { runId: id, status: rec?.status ?? 'unknown' },
             });
           for (let i = 0; i < 20 && !ended && !o.signal?.aborted; i++)
             await new Promise((r) => setTimeout(r, 25));

@@ -102,6 +102,13 @@ const STOP_BY_CODE: Record<string, StopReason> = {
 /** Ends the step without ending the run: the run is halted or paused and will be resumed. */
 class Suspend extends Error {}
 
+/** Another planner holds the run; try this task again once its lease may have expired. */
+class LeaseHeld extends Error {
+  constructor(readonly retryInMs: number) {
+    super('run held by another planner');
+  }
+}
+
 /**
  * Starts a planner: a durable pull consumer on `REINS_TASKS` (`task.<role>`) that runs one
  * governed ReAct step per task — authorize → model call → settle, then each tool call through
@@ -185,11 +192,13 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
     const keepAlive = setInterval(() => m.working(), Math.max(1000, ackWaitMs / 3));
     let stepDone = false;
     try {
-      await a.work({ runId: task.runId, label: 'step' }, (ctx) => step(a, task.runId, ctx));
+      await a.work({ runId: task.runId, label: 'step' }, (ctx) => step(a, task, ctx));
       stepDone = true;
       m.ack();
     } catch (err) {
-      if (err instanceof Suspend) {
+      if (err instanceof LeaseHeld) {
+        m.nak(Math.min(err.retryInMs, 60_000));
+      } else if (err instanceof Suspend) {
         // The run itself is halted or paused: resume re-enqueues it, so this task is done.
         m.ack();
       } else if (err instanceof ReinsError && (err.code === 'HALTED' || err.code === 'PAUSED')) {
@@ -255,7 +264,8 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
   }
 
   /** One governed step of a run. */
-  async function step(a: Actor, runId: string, ctx: WorkContext): Promise<void> {
+  async function step(a: Actor, task: Task, ctx: WorkContext): Promise<void> {
+    const runId = task.runId;
     const run = await runtime.request(
       subjects.runsGet,
       RunGetRequest,
@@ -270,13 +280,15 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
     // Claim the run (one planner at a time); a crashed holder's lease expires.
     let { state, revision } = await store.load(runId);
     if (state.done) return;
+    // Tasks enqueued by planners carry the number of steps done when they were enqueued; one
+    // that is behind the state is a stale duplicate. Tasks from the supervisor (step 0: start,
+    // resume) mean "continue from wherever the run is".
+    if (task.step > 0 && state.step > task.step) return;
     const now = Date.now();
     if (state.owner && state.owner !== a.agentId && (state.leaseUntil ?? 0) > now) {
-      ctx.logger.debug(
-        { owner: state.owner },
-        'run held by another planner; dropping duplicate task',
-      );
-      return;
+      // The holder may be alive (then it finishes the step) or crashed (then its lease runs
+      // out): either way this task comes back after the lease, and is stale or takes over.
+      throw new LeaseHeld((state.leaseUntil ?? now) - now + 250);
     }
     state = { ...state, owner: a.agentId, leaseUntil: now + leaseMs };
     revision = await store.save(state, revision);

@@ -89,6 +89,17 @@ describe('grants', () => {
     expect(reason(() => verifyGrant(g, { trustedIssuers: [] }))).toBe('untrusted_issuer');
   });
 
+  it('signs exactly like the nkeys reference implementation (ed25519 is deterministic)', async () => {
+    const { fromSeed } = await import('@nats-io/nkeys');
+    const kp = fromSeed(new TextEncoder().encode(seed));
+    const g = signer.sign(body);
+    const { sig, ...signed } = g;
+    const reference = Buffer.from(
+      kp.sign(new TextEncoder().encode(canonicalJson(signed))),
+    ).toString('base64url');
+    expect(sig).toBe(reference);
+  });
+
   it('hashes arguments canonically (key order does not matter)', () => {
     expect(hashArgs({ a: 1, b: { c: 2, d: [1, 2] } })).toBe(
       hashArgs({ b: { d: [1, 2], c: 2 }, a: 1 }),

@@ -897,13 +897,21 @@ export async function startSupervisor(
                 : scopeMatches(req.scope, { agentId: ag.agentId, role: ag.role }),
             );
             const acks = (
-              await broadcastControl(runtime, {
-                type: 'halt',
-                scope: req.scope,
-                reason: req.reason,
-                deadlineMs: req.deadlineMs,
-                id: haltId,
-              })
+              await broadcastControl(
+                runtime,
+                {
+                  type: 'halt',
+                  scope: req.scope,
+                  reason: req.reason,
+                  deadlineMs: req.deadlineMs,
+                  id: haltId,
+                },
+                // Every live agent acks a run-scoped halt; otherwise the agents the scope names.
+                // The reply comes as soon as they have all acked, at the latest at the deadline.
+                {
+                  expectAcks: Math.max(1, req.scope.kind === 'run' ? live.length : expected.length),
+                },
+              )
             ).filter((k) => k.agentId !== agentId);
             const acked = acks
               .filter(

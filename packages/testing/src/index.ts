@@ -12,3 +12,5 @@ export type {
   FakeToolCall,
   RecordedRequest,
 } from './fake-openai.js';
+export { startSwarm } from './swarm.js';
+export type { ServiceSpec, Swarm, SwarmOptions } from './swarm.js';

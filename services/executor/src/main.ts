@@ -2,7 +2,7 @@
 // The Reins executor service: runs the standard toolbox's tools under signed grants.
 import { z } from 'zod';
 import { createToolbox } from '@reins/models';
-import { Runtime, handleSignals, parseEnv } from '@reins/runtime';
+import { Runtime, handleSignals, loadNkeySeed, nkeyConnection, parseEnv } from '@reins/runtime';
 import { startExecutor } from '@reins/executor';
 
 const list = z.string().transform((s) =>
@@ -16,6 +16,9 @@ const Env = z.object({
   NATS_URL: z.string().default('nats://127.0.0.1:4222'),
   REINS_PREFIX: z.string().optional(),
   REINS_AGENT_ID: z.string().optional(),
+  /** Secure mode: this role's nkey seed (SU…), or a file holding it (docs/secure-mode.md). */
+  REINS_NKEY_SEED: z.string().optional(),
+  REINS_NKEY_SEED_FILE: z.string().optional(),
   REINS_ROLE: z.string().default('executor'),
   REINS_TRUSTED_ISSUERS: list.pipe(
     z
@@ -41,10 +44,18 @@ try {
     ...(env.REINS_SANDBOX_DIR ? { root: env.REINS_SANDBOX_DIR } : {}),
     ...(env.REINS_HTTP_ALLOW_HOSTS ? { allowHosts: env.REINS_HTTP_ALLOW_HOSTS } : {}),
   });
+  const seed = await loadNkeySeed({ seed: env.REINS_NKEY_SEED, file: env.REINS_NKEY_SEED_FILE });
   const runtime = await Runtime.connect({
     servers: env.NATS_URL,
     name: 'reins-executor',
     ...(env.REINS_PREFIX ? { prefix: env.REINS_PREFIX } : {}),
+    ...(seed
+      ? {
+          connection: nkeyConnection(seed),
+          // A restricted user may not manage JetStream: the supervisor creates streams and buckets.
+          ensureInfrastructure: false,
+        }
+      : {}),
   });
   handleSignals(runtime, { deadlineMs: env.REINS_SHUTDOWN_DEADLINE_MS });
   const ex = await startExecutor(runtime, {

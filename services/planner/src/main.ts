@@ -12,7 +12,7 @@ import {
   toolSpec,
   type Model,
 } from '@reins/models';
-import { Runtime, handleSignals, parseEnv } from '@reins/runtime';
+import { Runtime, handleSignals, loadNkeySeed, nkeyConnection, parseEnv } from '@reins/runtime';
 import { startPlanner } from '@reins/planner';
 
 const list = z.string().transform((s) =>
@@ -26,6 +26,9 @@ const Env = z.object({
   NATS_URL: z.string().default('nats://127.0.0.1:4222'),
   REINS_PREFIX: z.string().optional(),
   REINS_AGENT_ID: z.string().optional(),
+  /** Secure mode: this role's nkey seed (SU…), or a file holding it (docs/secure-mode.md). */
+  REINS_NKEY_SEED: z.string().optional(),
+  REINS_NKEY_SEED_FILE: z.string().optional(),
   REINS_ROLE: z.string().default('planner'),
   /** Tool groups offered to the model (must match what executors run). */
   REINS_TOOLS: list.default(['files', 'calculator', 'scratchpad']),
@@ -45,6 +48,8 @@ const Env = z.object({
     .string()
     .regex(/^\d+(\.\d+)?,\d+(\.\d+)?$/, 'input,output USD per 1M tokens, e.g. 0.15,0.6')
     .optional(),
+  /** Simulated latency of each scripted model call in ms (slow steps for demos and chaos tests). */
+  REINS_SCRIPTED_LATENCY_MS: z.coerce.number().int().nonnegative().optional(),
   REINS_MAX_OUTPUT_TOKENS: z.coerce.number().int().positive().optional(),
   REINS_CONCURRENCY: z.coerce.number().int().positive().default(4),
   REINS_ACK_WAIT_MS: z.coerce.number().int().positive().optional(),
@@ -66,7 +71,11 @@ try {
     const respond = env.REINS_SCRIPT.startsWith('delegate:')
       ? delegateScript({ role: env.REINS_SCRIPT.slice('delegate:'.length) })
       : researchScript({ dir: env.REINS_SCRIPT_DIR, reportPath: env.REINS_REPORT_PATH });
-    model = createScriptedModel({ respond, price: { input: input ?? 0, output: output ?? 0 } });
+    model = createScriptedModel({
+      respond,
+      price: { input: input ?? 0, output: output ?? 0 },
+      ...(env.REINS_SCRIPTED_LATENCY_MS ? { latencyMs: env.REINS_SCRIPTED_LATENCY_MS } : {}),
+    });
   }
   // Specs only: the planner never runs tools itself, so the sandbox root is not touched.
   const tools = createToolbox({
@@ -74,10 +83,18 @@ try {
     root: '.',
     allowHosts: ['localhost'],
   }).map(toolSpec);
+  const seed = await loadNkeySeed({ seed: env.REINS_NKEY_SEED, file: env.REINS_NKEY_SEED_FILE });
   const runtime = await Runtime.connect({
     servers: env.NATS_URL,
     name: `reins-planner-${env.REINS_ROLE}`,
     ...(env.REINS_PREFIX ? { prefix: env.REINS_PREFIX } : {}),
+    ...(seed
+      ? {
+          connection: nkeyConnection(seed),
+          // A restricted user may not manage JetStream: the supervisor creates streams and buckets.
+          ensureInfrastructure: false,
+        }
+      : {}),
   });
   handleSignals(runtime, { deadlineMs: env.REINS_SHUTDOWN_DEADLINE_MS });
   const actor = await startPlanner(runtime, {

@@ -1,13 +1,16 @@
 #!/usr/bin/env node
 // The Reins supervisor service: the control plane. Configure it with environment variables.
 import { z } from 'zod';
-import { Runtime, handleSignals, parseEnv } from '@reins/runtime';
+import { Runtime, handleSignals, loadNkeySeed, nkeyConnection, parseEnv } from '@reins/runtime';
 import { loadPolicyFile, startSupervisor } from '@reins/supervisor';
 
 const Env = z.object({
   NATS_URL: z.string().default('nats://127.0.0.1:4222'),
   REINS_PREFIX: z.string().optional(),
   REINS_AGENT_ID: z.string().optional(),
+  /** Secure mode: this role's nkey seed (SU…), or a file holding it (docs/secure-mode.md). */
+  REINS_NKEY_SEED: z.string().optional(),
+  REINS_NKEY_SEED_FILE: z.string().optional(),
   /** JSON policy file; without one every tool call is denied (fail closed). */
   REINS_POLICY_FILE: z.string().optional(),
   REINS_GLOBAL_BUDGET_USD: z.coerce.number().positive().optional(),
@@ -19,10 +22,12 @@ const Env = z.object({
 
 try {
   const env = parseEnv(Env);
+  const seed = await loadNkeySeed({ seed: env.REINS_NKEY_SEED, file: env.REINS_NKEY_SEED_FILE });
   const runtime = await Runtime.connect({
     servers: env.NATS_URL,
     name: 'reins-supervisor',
     ...(env.REINS_PREFIX ? { prefix: env.REINS_PREFIX } : {}),
+    ...(seed ? { connection: nkeyConnection(seed) } : {}),
   });
   handleSignals(runtime, { deadlineMs: env.REINS_SHUTDOWN_DEADLINE_MS });
   const policy = env.REINS_POLICY_FILE ? await loadPolicyFile(env.REINS_POLICY_FILE) : undefined;

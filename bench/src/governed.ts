@@ -1,0 +1,201 @@
+import type { Subscription } from '@nats-io/transport-node';
+import { createGrantSigner, type GrantSigner, type RunRecord } from '@reins/protocol';
+import {
+  createScriptedModel,
+  defineTool,
+  toolSpec,
+  type AnyTool,
+  type Model,
+  type ModelPrice,
+  type ScriptedTurn,
+} from '@reins/models';
+import { startExecutor } from '@reins/executor';
+import { startPlanner } from '@reins/planner';
+import { Runtime, createLogger } from '@reins/runtime';
+import { startSupervisor, type Supervisor } from '@reins/supervisor';
+import { z } from 'zod';
+
+/**
+ * Helpers that assemble a governed deployment in this process, each role on its own NATS
+ * connection (as separate processes would be): supervisor(s), an executor, optionally a
+ * planner pool, and a "client" runtime for the benchmark's own requests.
+ */
+
+/** A runtime with a silent logger (benchmarks must not measure logging). */
+export function connectRuntime(url: string, name: string): Promise<Runtime> {
+  return Runtime.connect({
+    servers: url,
+    logger: createLogger({ level: 'silent' }),
+    name,
+    heartbeatMs: 500,
+  });
+}
+
+/** A no-op tool (effect `read`, idempotent): returns its argument, so observations differ. */
+export function noopTool(name = 'bench_noop'): AnyTool {
+  return defineTool({
+    name,
+    description: 'Does nothing; returns its argument.',
+    input: z.object({ i: z.number().int() }),
+    output: z.object({ i: z.number().int() }),
+    effect: 'read',
+    idempotent: true,
+    run: (args) => ({ i: args.i }),
+  });
+}
+
+/**
+ * A scripted zero-latency model that calls `tool` with `{ i: turn }` on every turn before
+ * `steps` − 1 and answers on turn `steps` − 1 (so a run has exactly `steps` planner steps).
+ * `steps: Infinity` never answers (for runs stopped by budget or halt).
+ */
+export function loopModel(options: { tool: string; steps: number; price?: ModelPrice }): Model {
+  const respond = (_c: unknown, ctx: { turn: number }): ScriptedTurn =>
+    ctx.turn + 1 >= options.steps
+      ? { content: `done after ${ctx.turn + 1} steps` }
+      : { toolCalls: [{ name: options.tool, args: { i: ctx.turn } }] };
+  return createScriptedModel({
+    respond,
+    ...(options.price ? { price: options.price } : {}),
+  });
+}
+
+/** Options of `deploy`. */
+export interface DeployOptions {
+  /** Task role of the runs (a distinct one per suite, so no planner picks up another's tasks). */
+  role: string;
+  tools: readonly AnyTool[];
+  /** Supervisor instances (default 1). */
+  supervisors?: number;
+  /** Start a planner pool serving `role` with this model. */
+  planner?: {
+    model: Model | ((run: RunRecord) => Model);
+    concurrency: number;
+    maxOutputTokens?: number;
+  };
+}
+
+/** A governed deployment in this process. */
+export interface Deployment {
+  /** A runtime for the benchmark's own requests (planner side / client). */
+  readonly client: Runtime;
+  readonly supervisors: readonly Supervisor[];
+  readonly signer: GrantSigner;
+  close(): Promise<void>;
+}
+
+/** Starts supervisors, an executor with `tools` and (optionally) a planner pool. */
+export async function deploy(url: string, options: DeployOptions): Promise<Deployment> {
+  const runtimes: Runtime[] = [];
+  const rt = async (name: string) => {
+    const r = await connectRuntime(url, name);
+    runtimes.push(r);
+    return r;
+  };
+  const supervisors: Supervisor[] = [];
+  try {
+    const { signer } = createGrantSigner();
+    const policy = {
+      version: 1 as const,
+      rules: options.tools.map((t) => ({
+        id: `bench.${t.name}`,
+        match: { tool: t.name },
+        effect: 'allow' as const,
+      })),
+    };
+    for (let i = 0; i < (options.supervisors ?? 1); i++) {
+      supervisors.push(
+        await startSupervisor(await rt(`bench-sv-${i}`), {
+          signer,
+          policy,
+          // The benchmark measures steps, not the breakers' step cap.
+          breakers: { maxSteps: 1_000_000, noProgress: { steps: 100_000 } },
+        }),
+      );
+    }
+    await startExecutor(await rt('bench-executor'), {
+      tools: options.tools,
+      trustedIssuers: [signer.publicKey],
+    });
+    if (options.planner) {
+      const p = options.planner;
+      await startPlanner(await rt('bench-planner'), {
+        role: options.role,
+        model: p.model,
+        tools: options.tools.map(toolSpec),
+        concurrency: p.concurrency,
+        ...(p.maxOutputTokens ? { maxOutputTokens: p.maxOutputTokens } : {}),
+      });
+    }
+    const client = await rt('bench-client');
+    return {
+      client,
+      supervisors,
+      signer,
+      close: async () => {
+        for (const s of supervisors) await s.stop().catch(() => undefined);
+        for (const r of runtimes.reverse()) await r.close().catch(() => undefined);
+      },
+    };
+  } catch (err) {
+    for (const r of runtimes.reverse()) await r.close().catch(() => undefined);
+    throw err;
+  }
+}
+
+/**
+ * Waits for runs to end by listening to the supervisor's `run.end` trace events on core NATS
+ * (one callback subscription for every run; no polling, which would load the supervisor).
+ */
+export class RunWaiter {
+  readonly #sub: Subscription;
+  readonly #ended = new Map<string, number>();
+  readonly #waiting = new Map<string, (endedAt: number) => void>();
+  readonly #runIdToken: number;
+
+  constructor(runtime: Runtime) {
+    const pattern = runtime.subjects.trace({ role: 'supervisor', event: 'run.end' });
+    this.#runIdToken = runtime.subjects.prefix.split('.').length + 1;
+    this.#sub = runtime.nc.subscribe(pattern, {
+      callback: (err, msg) => {
+        if (err) return;
+        const now = performance.now();
+        const runId = msg.subject.split('.')[this.#runIdToken];
+        if (runId === undefined) return;
+        const resolve = this.#waiting.get(runId);
+        if (resolve) {
+          this.#waiting.delete(runId);
+          resolve(now);
+        } else this.#ended.set(runId, now);
+      },
+    });
+  }
+
+  /** Resolves with `performance.now()` at the moment the run's end was heard. */
+  ended(runId: string, timeoutMs = 60_000): Promise<number> {
+    const at = this.#ended.get(runId);
+    if (at !== undefined) {
+      this.#ended.delete(runId);
+      return Promise.resolve(at);
+    }
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiting.delete(runId);
+        reject(new Error(`run ${runId} did not end within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#waiting.set(runId, (t) => {
+        clearTimeout(timer);
+        resolve(t);
+      });
+    });
+  }
+
+  /** Makes sure the subscription is registered on the server before runs start. */
+  flush(runtime: Runtime): Promise<void> {
+    return runtime.nc.flush();
+  }
+
+  stop(): void {
+    this.#sub.unsubscribe();
+  }
+}
