@@ -14,6 +14,7 @@ export { HaltMarkers, scopeFromKey } from './halt-markers.js';
 export { scopeMatches, ScopeSet } from './scopes.js';
 export type { ScopeTarget } from './scopes.js';
 export {
+  defaultReplicas,
   ensureInfrastructure,
   ensureTraceStream,
   ensureTaskStream,

@@ -19,6 +19,16 @@ export interface TraceRetention {
 
 const nanos = (ms: number) => ms * 1_000_000;
 
+/**
+ * Replicas of every Reins stream and KV bucket when they are created: `REINS_REPLICAS`
+ * (default 1). Use 3 on a 3-node JetStream cluster so the ledger, audit, halts and tasks survive
+ * the loss of a node.
+ */
+export function defaultReplicas(): number {
+  const n = Number(process.env['REINS_REPLICAS'] ?? 1);
+  return Number.isInteger(n) && n >= 1 && n <= 5 ? n : 1;
+}
+
 /** Creates (or updates) the `REINS_TRACE` stream. Idempotent. */
 export async function ensureTraceStream(
   jsm: JetStreamManager,
@@ -31,6 +41,7 @@ export async function ensureTraceStream(
     storage: StorageType.File,
     max_age: nanos(retention.maxAgeMs ?? 7 * 24 * 3600_000),
     max_bytes: retention.maxBytes ?? 1024 * 1024 * 1024,
+    num_replicas: defaultReplicas(),
   };
   await upsertStream(jsm, config);
 }
@@ -43,6 +54,7 @@ export async function ensureTaskStream(jsm: JetStreamManager, subjects: Subjects
     storage: StorageType.File,
     retention: RetentionPolicy.Workqueue,
     duplicate_window: nanos(120_000),
+    num_replicas: defaultReplicas(),
   });
 }
 
@@ -68,11 +80,15 @@ async function upsertStream(
 export async function openBucket(
   nc: NatsConnection,
   name: string,
-  options: { history?: number } = {},
+  options: { history?: number; replicas?: number } = {},
 ): Promise<KV> {
   try {
     const kvm = new Kvm(nc);
-    return await kvm.create(name, { history: options.history ?? 1, storage: StorageType.File });
+    return await kvm.create(name, {
+      history: options.history ?? 1,
+      storage: StorageType.File,
+      replicas: options.replicas ?? defaultReplicas(),
+    });
   } catch (cause) {
     throw new UnavailableError(`cannot open KV bucket ${name}: is JetStream enabled?`, { cause });
   }

@@ -41,6 +41,7 @@ import {
 } from '@reins/protocol';
 import {
   broadcastControl,
+  defaultReplicas,
   defineActor,
   listAgents,
   openBucket,
@@ -146,9 +147,13 @@ export async function startSupervisor(
   const js = jetstream(nc);
 
   const jsm = await js.jetstreamManager();
-  await ensureAuditStream(jsm, { prefix: subjects.prefix });
+  await ensureAuditStream(jsm, { prefix: subjects.prefix, replicas: defaultReplicas() });
   // Generous CAS retry bounds: under heavy contention a reservation waits rather than fails.
-  const ledger = await BudgetLedger.open(nc, { maxAttempts: 1000, casDeadlineMs: 30_000 });
+  const ledger = await BudgetLedger.open(nc, {
+    maxAttempts: 1000,
+    casDeadlineMs: 30_000,
+    replicas: defaultReplicas(),
+  });
   const runs = new RunStore(await openBucket(nc, Buckets.runs));
   const approvals = new ApprovalStore(await openBucket(nc, Buckets.approvals));
   const approvalTimeoutMs = options.approvalTimeoutMs ?? 600_000;
