@@ -16,9 +16,10 @@ export function parseEnv<S extends z.ZodType>(
   );
   const result = schema.safeParse(cleaned);
   if (result.success) return result.data;
-  const lines = result.error.issues.map(
-    (i) => `  ${i.path.map(String).join('.') || '(env)'}: ${i.message}`,
-  );
+  const lines = result.error.issues.map((i) => {
+    const message = /received undefined/.test(i.message) ? 'required, but not set' : i.message;
+    return `  ${i.path.map(String).join('.') || '(env)'}: ${message}`;
+  });
   throw new ProtocolError(`invalid configuration:\n${lines.join('\n')}`, {
     details: { variables: result.error.issues.map((i) => i.path.map(String).join('.')) },
   });

@@ -41,3 +41,4 @@ export type {
   SecureConfig,
   SubjectPermissions,
 } from './secure-mode.js';
+export { CommaList, ServiceEnv, runService } from './service.js';

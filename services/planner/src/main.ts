@@ -12,27 +12,14 @@ import {
   toolSpec,
   type Model,
 } from '@reins/models';
-import { Runtime, handleSignals, loadNkeySeed, nkeyConnection, parseEnv } from '@reins/runtime';
+import { CommaList, ServiceEnv, runService } from '@reins/runtime';
 import { startPlanner } from '@reins/planner';
 
-const list = z.string().transform((s) =>
-  s
-    .split(',')
-    .map((x) => x.trim())
-    .filter(Boolean),
-);
-
-const Env = z.object({
-  NATS_URL: z.string().default('nats://127.0.0.1:4222'),
-  REINS_PREFIX: z.string().optional(),
-  REINS_AGENT_ID: z.string().optional(),
-  /** Secure mode: this role's nkey seed (SU…), or a file holding it (docs/secure-mode.md). */
-  REINS_NKEY_SEED: z.string().optional(),
-  REINS_NKEY_SEED_FILE: z.string().optional(),
+const Env = ServiceEnv.extend({
   REINS_ROLE: z.string().default('planner'),
   /** Tool groups offered to the model (must match what executors run). */
-  REINS_TOOLS: list.default(['files', 'calculator', 'scratchpad']),
-  REINS_DELEGATE_TO: list.default([]),
+  REINS_TOOLS: CommaList.default(['files', 'calculator', 'scratchpad']),
+  REINS_DELEGATE_TO: CommaList.default([]),
   OPENAI_API_KEY: z.string().optional(),
   OPENAI_BASE_URL: z.string().url().optional(),
   REINS_MODEL: z.string().optional(),
@@ -54,11 +41,9 @@ const Env = z.object({
   REINS_CONCURRENCY: z.coerce.number().int().positive().default(4),
   REINS_ACK_WAIT_MS: z.coerce.number().int().positive().optional(),
   REINS_LEASE_MS: z.coerce.number().int().positive().optional(),
-  REINS_SHUTDOWN_DEADLINE_MS: z.coerce.number().int().positive().default(10_000),
 });
 
-try {
-  const env = parseEnv(Env);
+await runService('reins-planner', Env, async (env, runtime) => {
   let model: Model;
   if (env.OPENAI_API_KEY || env.OPENAI_BASE_URL) {
     model = createOpenAIModel({
@@ -83,20 +68,6 @@ try {
     root: '.',
     allowHosts: ['localhost'],
   }).map(toolSpec);
-  const seed = await loadNkeySeed({ seed: env.REINS_NKEY_SEED, file: env.REINS_NKEY_SEED_FILE });
-  const runtime = await Runtime.connect({
-    servers: env.NATS_URL,
-    name: `reins-planner-${env.REINS_ROLE}`,
-    ...(env.REINS_PREFIX ? { prefix: env.REINS_PREFIX } : {}),
-    ...(seed
-      ? {
-          connection: nkeyConnection(seed),
-          // A restricted user may not manage JetStream: the supervisor creates streams and buckets.
-          ensureInfrastructure: false,
-        }
-      : {}),
-  });
-  handleSignals(runtime, { deadlineMs: env.REINS_SHUTDOWN_DEADLINE_MS });
   const actor = await startPlanner(runtime, {
     role: env.REINS_ROLE,
     model,
@@ -112,7 +83,4 @@ try {
     { agentId: actor.agentId, role: env.REINS_ROLE, model: model.name },
     'planner ready',
   );
-} catch (err) {
-  process.stderr.write(`reins-planner: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exit(2);
-}
+});
