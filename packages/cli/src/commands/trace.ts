@@ -1,0 +1,132 @@
+import { ID_PATTERN, type TraceEvent, type TraceSubjectParts } from '@reins/protocol';
+import type { TraceStart, TraceSubscription } from '@reins/runtime';
+import { openClient, type CommonOptions } from '../connection.js';
+import { CliError, ExitCode, usageError } from '../errors.js';
+import { createStyle, printJson } from '../output.js';
+import { TraceView } from '../trace-view.js';
+
+/** Options of `reins trace`. */
+export interface TraceOptions extends CommonOptions {
+  from?: string;
+  /** Keep watching after the run ends (a run id only). */
+  watch?: boolean;
+}
+
+const PATTERN_TOKEN = /^([A-Za-z0-9_-]{1,64}|\*|>)$/;
+
+/**
+ * Parses what `reins trace` was given: a run id, `all` / `*` / `>` for every run, or a
+ * subject pattern below `<prefix>.trace.` (`*.executor.>`, `r1.*.*.tool.result`, or the full
+ * subject). Throws a usage error for anything that is not one of those.
+ */
+export function parseTraceTarget(
+  target: string,
+  prefix: string,
+): { runId: string } | { pattern: TraceSubjectParts | string } {
+  if (ID_PATTERN.test(target) && target !== 'all') return { runId: target };
+  if (target === 'all' || target === '*' || target === '>') return { pattern: {} };
+  const base = `${prefix}.trace.`;
+  const rest = target.startsWith(base) ? target.slice(base.length) : target;
+  const tokens = rest.split('.');
+  const ok =
+    tokens.every((t) => PATTERN_TOKEN.test(t)) &&
+    tokens.slice(0, -1).every((t) => t !== '>') &&
+    tokens.length <= 8;
+  if (!ok) {
+    throw usageError(
+      `invalid trace target ${JSON.stringify(target.slice(0, 80))}`,
+      'give a run id, `all`, or a pattern of <runId>.<role>.<agentId>.<event> tokens with * and > (e.g. `*.executor.>`)',
+    );
+  }
+  return { pattern: `${base}${rest}` };
+}
+
+function parseFrom(from: string | undefined): TraceStart {
+  if (from === undefined || from === 'start') return 'start';
+  if (from === 'new') return 'new';
+  throw usageError(`--from must be start or new, not ${JSON.stringify(from)}`);
+}
+
+/**
+ * `reins trace <runId|pattern>`: prints trace events live as a tree (or one JSON event per
+ * line with `--json`), stored ones first unless `--from new`. For a run id it exits when the
+ * run ends (0 completed, 3 stopped, 1 failed) unless `--watch`; patterns run until Ctrl-C.
+ */
+export async function traceCommand(
+  target: string,
+  options: TraceOptions,
+  signal: AbortSignal,
+): Promise<ExitCode> {
+  const from = parseFrom(options.from);
+  const client = await openClient(options);
+  const parsed = parseTraceTarget(target, client.runtime.subjects.prefix);
+  const style = createStyle();
+  const view = new TraceView({
+    style,
+    live: !!process.stdout.isTTY && !options.json,
+    write: (t) => process.stdout.write(t),
+    showRun: !('runId' in parsed),
+  });
+  const subs: TraceSubscription[] = [];
+  const followed = new Set<string>();
+  let finish: ((code: ExitCode) => void) | undefined;
+  const done = new Promise<ExitCode>((resolve) => (finish = resolve));
+  const onEvent = (e: TraceEvent) => {
+    if (options.json) printJson(e);
+    else view.add(e);
+    if ('runId' in parsed) {
+      if (e.event === 'delegate.start' && typeof e.data['childRunId'] === 'string') {
+        follow({ runId: e.data['childRunId'] }).catch(() => undefined);
+      }
+      if (e.event === 'run.end' && e.runId === parsed.runId && !options.watch) {
+        const status = typeof e.data['status'] === 'string' ? e.data['status'] : 'failed';
+        finish?.(
+          status === 'completed'
+            ? ExitCode.ok
+            : status === 'stopped'
+              ? ExitCode.stopped
+              : ExitCode.error,
+        );
+      }
+    }
+  };
+  const follow = async (pattern: TraceSubjectParts | string) => {
+    const key = typeof pattern === 'string' ? pattern : JSON.stringify(pattern);
+    if (followed.has(key)) return;
+    followed.add(key);
+    subs.push(await client.traces.subscribe(pattern, { from, callback: onEvent }));
+  };
+  const onAbort = () => finish?.(ExitCode.ok);
+  signal.addEventListener('abort', onAbort);
+  try {
+    if ('runId' in parsed) {
+      // A typo in a run id would otherwise wait forever in silence.
+      const known = await client.runs.get(parsed.runId).then(
+        () => true,
+        (err: unknown) => {
+          if (err instanceof Error && 'code' in err && err.code === 'NOT_FOUND') return false;
+          return true; // No supervisor: still show whatever the stream holds.
+        },
+      );
+      if (!known) {
+        throw new CliError(`no run ${parsed.runId}`, {
+          hint: 'list runs with `reins runs`, or pass a pattern such as `all`',
+        });
+      }
+    }
+    try {
+      await follow('runId' in parsed ? { runId: parsed.runId } : parsed.pattern);
+    } catch (cause) {
+      throw new CliError('cannot read the trace stream (REINS_TRACE)', {
+        cause,
+        hint: 'a supervisor creates it on start: run `reins up`, or check `reins doctor`',
+      });
+    }
+    return await done;
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+    view.clearStatus();
+    await Promise.all(subs.map((s) => s.stop()));
+    await client.close();
+  }
+}

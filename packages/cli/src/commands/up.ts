@@ -1,0 +1,419 @@
+import { existsSync, statSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { ReinsClient } from '@reins/client';
+import { Heartbeat, createGrantSigner, decode } from '@reins/protocol';
+import { loadPolicyFile, loadSigningKey } from '@reins/supervisor';
+import { natsUrl, openClient, type CommonOptions } from '../connection.js';
+import { CliError, ExitCode, explainError, usageError } from '../errors.js';
+import { formatLogLine } from '../log-line.js';
+import {
+  INSTALL_NATS_HINT,
+  findNatsServer,
+  natsServerVersion,
+  startLocalNats,
+  type LocalNats,
+} from '../nats-server.js';
+import { createStyle, formatDuration, printJson, println, type Style } from '../output.js';
+import { startServices, type ServiceSpec, type Services } from '../swarm.js';
+import { requireId } from './ids.js';
+
+/** Options of `reins up`. */
+export interface UpOptions extends CommonOptions {
+  planners?: number;
+  executors?: number;
+  /** Role the planners serve (default `planner`). */
+  role?: string;
+  sandbox?: string;
+  policy?: string;
+  /** Port of the nats-server `reins up` starts (default: a free one). */
+  port?: number;
+  /** `REINS_LOG_LEVEL` of the services (default `info`). */
+  logLevel?: string;
+  /** Give up when the swarm is not ready after this many seconds (default 30). */
+  readyTimeout?: number;
+}
+
+/**
+ * The policy `reins up` uses without `--policy`: read and list files, write Markdown at the
+ * sandbox root, calculator and scratchpad. Everything else is denied.
+ */
+export const DEFAULT_POLICY = {
+  version: 1,
+  rules: [
+    { id: 'files.read', match: { tool: 'read_file' }, effect: 'allow' },
+    { id: 'files.list', match: { tool: 'list_files' }, effect: 'allow' },
+    {
+      id: 'files.write.reports',
+      description: 'Agents may only write Markdown files at the sandbox root.',
+      match: { tool: 'write_file' },
+      effect: 'allow',
+      args: [{ path: 'path', pattern: '[A-Za-z0-9_-]+\\.md' }],
+    },
+    { id: 'math', match: { tool: 'calculator' }, effect: 'allow' },
+    { id: 'scratch', match: { tool: 'scratch_*' }, effect: 'allow' },
+  ],
+} as const;
+
+function count(v: number | undefined, name: string, dflt: number): number {
+  const n = v ?? dflt;
+  if (!Number.isInteger(n) || n < 0 || n > 64)
+    throw usageError(`--${name} must be a whole number from 0 to 64`);
+  return n;
+}
+
+/** Gives a fresh sandbox something to read, so the suggested first run has work to do. */
+async function seedSandbox(dir: string): Promise<void> {
+  await mkdir(join(dir, 'docs'));
+  await writeFile(
+    join(dir, 'docs', 'reins.md'),
+    '# Reins\n\nReins runs swarms of LLM agents as actors in separate processes that talk only over NATS.\n' +
+      'A supervisor grants every model call and tool call, keeps budgets, checks policy and can halt any agent.\n',
+  );
+  await writeFile(
+    join(dir, 'docs', 'halts.md'),
+    '# Halts\n\nA halt writes a marker that new actors read, then is broadcast; matching work is aborted and acknowledged.\n' +
+      'Agents that do not acknowledge are fenced: their grants are refused.\n',
+  );
+}
+
+/** Resolves the signing seed: the configured one (kept in the environment) or a new one. */
+function signingKey(): { env: Record<string, string>; publicKey: string; source: string } {
+  if (process.env['REINS_SUPERVISOR_SEED'] || process.env['REINS_SUPERVISOR_SEED_FILE']) {
+    try {
+      const { signer, source } = loadSigningKey({ allowDevKey: false });
+      return {
+        env: {},
+        publicKey: signer.publicKey,
+        source: source === 'envFile' ? 'REINS_SUPERVISOR_SEED_FILE' : 'REINS_SUPERVISOR_SEED',
+      };
+    } catch (cause) {
+      throw new CliError(
+        `the configured supervisor key does not load: ${(cause as Error).message}`,
+        {
+          exitCode: ExitCode.usage,
+          cause,
+          hint: 'fix REINS_SUPERVISOR_SEED(_FILE), or unset both to let `reins up` generate a key for this swarm',
+        },
+      );
+    }
+  }
+  const { seed, signer } = createGrantSigner();
+  return {
+    env: { REINS_SUPERVISOR_SEED: seed },
+    publicKey: signer.publicKey,
+    source: 'generated for this swarm',
+  };
+}
+
+/** Resolves once every agent id in `expected` has heartbeated as running (or throws). */
+async function waitForAgents(
+  client: ReinsClient,
+  expected: ReadonlySet<string>,
+  timeoutMs: number,
+  failed: Promise<never>,
+  onReady: (agentId: string) => void,
+): Promise<void> {
+  const seen = new Set<string>();
+  let done: (() => void) | undefined;
+  const allUp = new Promise<void>((r) => (done = r));
+  const sub = client.runtime.nc.subscribe(client.runtime.subjects.heartbeat(), {
+    callback: (err, m) => {
+      if (err) return;
+      try {
+        const hb = decode(Heartbeat, m.data, { name: 'heartbeat' });
+        if (expected.has(hb.agentId) && hb.status === 'running' && !seen.has(hb.agentId)) {
+          seen.add(hb.agentId);
+          onReady(hb.agentId);
+          if (seen.size === expected.size) done?.();
+        }
+      } catch {
+        // Not a heartbeat we can read: not one of ours.
+      }
+    },
+  });
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      allUp,
+      failed,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          const missing = [...expected].filter((id) => !seen.has(id));
+          reject(
+            new CliError(
+              `the swarm did not come up within ${Math.round(timeoutMs / 1000)}s: no heartbeat from ${missing.join(', ')}`,
+              {
+                hint: 'see the service logs above; `reins doctor` checks the setup',
+              },
+            ),
+          );
+        }, timeoutMs);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+    sub.unsubscribe();
+  }
+}
+
+/**
+ * `reins up`: a local swarm. Starts nats-server with JetStream on a temp store when no NATS
+ * URL is given (`--nats` / `NATS_URL`), then one supervisor and N planners and executors as
+ * child processes with a signing key generated for the swarm; multiplexes their logs with a
+ * coloured `[name]` prefix; prints the NATS_URL to use once every agent heartbeats; and on
+ * Ctrl-C / SIGTERM stops the services (SIGTERM, wait), then nats-server. A second Ctrl-C
+ * kills everything at once. Exit 0 after a requested stop; 1 when the swarm failed.
+ */
+export async function upCommand(options: UpOptions, signal: AbortSignal): Promise<ExitCode> {
+  const style = createStyle();
+  const errStyle = createStyle(process.stderr);
+  const json = options.json === true;
+  const planners = count(options.planners, 'planners', 1);
+  const executors = count(options.executors, 'executors', 1);
+  const role = requireId(options.role ?? 'planner', 'role');
+  const external = options.nats ?? (process.env['NATS_URL'] || undefined);
+  if (external && options.port !== undefined) {
+    throw usageError(
+      '--port only applies when `reins up` starts nats-server, but a NATS URL is set',
+      'unset NATS_URL (and --nats) or drop --port',
+    );
+  }
+  if (
+    options.port !== undefined &&
+    (!Number.isInteger(options.port) || options.port < 1 || options.port > 65535)
+  ) {
+    throw usageError('--port must be a TCP port number (1-65535)');
+  }
+  let policyFile: string;
+  let policyNote: string;
+  const temp = await mkdtemp(join(tmpdir(), 'reins-up-'));
+  const started = Date.now();
+  let nats: LocalNats | undefined;
+  let services: Services | undefined;
+  let client: ReinsClient | undefined;
+  const log = (name: string, line: string, width: number) => {
+    if (json) printJson({ type: 'log', name, line });
+    else
+      println(`${style.byKey(name, `[${name}]`.padEnd(width + 2))} ${formatLogLine(line, style)}`);
+  };
+  try {
+    if (options.policy) {
+      policyFile = resolve(options.policy);
+      try {
+        await loadPolicyFile(policyFile);
+      } catch (cause) {
+        throw new CliError(`policy ${policyFile} does not load: ${(cause as Error).message}`, {
+          exitCode: ExitCode.usage,
+          cause,
+          hint: 'see examples/demo/policy.json for the format',
+        });
+      }
+      policyNote = policyFile;
+    } else {
+      policyFile = join(temp, 'policy.json');
+      await writeFile(policyFile, JSON.stringify(DEFAULT_POLICY, null, 2));
+      policyNote =
+        'built-in: read/list files, write *.md at the sandbox root, calculator, scratchpad';
+    }
+    let sandbox: string;
+    if (options.sandbox) {
+      sandbox = resolve(options.sandbox);
+      if (!existsSync(sandbox) || !statSync(sandbox).isDirectory()) {
+        throw usageError(
+          `--sandbox ${sandbox} is not a directory`,
+          'create it first, or omit --sandbox for a fresh temp dir',
+        );
+      }
+    } else {
+      sandbox = await mkdtemp(join(tmpdir(), 'reins-sandbox-'));
+      await seedSandbox(sandbox);
+    }
+    const key = signingKey();
+
+    let url: string;
+    let natsNote: string;
+    if (external) {
+      url = natsUrl(options);
+      natsNote = 'external (NATS_URL)';
+    } else {
+      const bin = findNatsServer();
+      if (!bin)
+        throw new CliError('nats-server not found', {
+          exitCode: ExitCode.usage,
+          hint: INSTALL_NATS_HINT,
+        });
+      if (!json) process.stderr.write(errStyle.dim(`starting nats-server (${bin})…\n`));
+      nats = await startLocalNats({
+        bin,
+        ...(options.port !== undefined ? { port: options.port } : {}),
+        onLog: (line) => log('nats', line, 4),
+      });
+      url = nats.url;
+      natsNote = `nats-server ${natsServerVersion(bin) ?? ''} with JetStream, temp store ${nats.storeDir} (stops with the swarm)`;
+    }
+    try {
+      client = await openClient({ nats: url });
+    } catch (err) {
+      throw explainError(err, { natsUrl: url });
+    }
+
+    // With a shared NATS, a suffix keeps agent ids of two swarms apart.
+    const tag = external ? `-${randomBytes(2).toString('hex')}` : '';
+    const common = {
+      NATS_URL: url,
+      REINS_LOG_LEVEL: options.logLevel ?? process.env['REINS_LOG_LEVEL'] ?? 'info',
+    };
+    const specs: ServiceSpec[] = [
+      {
+        name: 'supervisor-1',
+        service: 'supervisor',
+        env: {
+          ...common,
+          ...key.env,
+          REINS_POLICY_FILE: policyFile,
+          REINS_AGENT_ID: `supervisor-1${tag}`,
+        },
+      },
+      ...Array.from({ length: planners }, (_, i) => ({
+        name: `${role}-${i + 1}`,
+        service: 'planner' as const,
+        env: {
+          ...common,
+          REINS_ROLE: role,
+          REINS_AGENT_ID: `${role}-${i + 1}${tag}`,
+          // Offline runs still exercise USD budgets: price the scripted model like a small hosted one.
+          REINS_SCRIPTED_PRICE: process.env['REINS_SCRIPTED_PRICE'] ?? '0.15,0.6',
+          REINS_MAX_OUTPUT_TOKENS: process.env['REINS_MAX_OUTPUT_TOKENS'] ?? '1000',
+        },
+      })),
+      ...Array.from({ length: executors }, (_, i) => ({
+        name: `executor-${i + 1}`,
+        service: 'executor' as const,
+        env: {
+          ...common,
+          REINS_TRUSTED_ISSUERS: key.publicKey,
+          REINS_SANDBOX_DIR: sandbox,
+          REINS_AGENT_ID: `executor-${i + 1}${tag}`,
+        },
+      })),
+    ];
+    const width = Math.max(4, ...specs.map((s) => s.name.length));
+    let rejectFailed: ((err: CliError) => void) | undefined;
+    const failed = new Promise<never>((_, reject) => (rejectFailed = reject));
+    failed.catch(() => undefined);
+    let ready = false;
+    let allGone: (() => void) | undefined;
+    const gone = new Promise<void>((r) => (allGone = r));
+    services = startServices(specs, {
+      onLog: (name, line) => {
+        log(name, line, width);
+      },
+      onExit: (name, code, sig) => {
+        const how = sig ?? `code ${String(code)}`;
+        if (!ready) {
+          rejectFailed?.(
+            new CliError(`${name} exited during start-up (${how})`, {
+              exitCode: code === 2 ? ExitCode.usage : ExitCode.error,
+              hint: 'its log lines above say why; `reins doctor` checks the setup',
+            }),
+          );
+        } else if (json) printJson({ type: 'exit', name, code, signal: sig });
+        else println(style.red(`[${name}] exited (${how})`));
+        if (services && services.alive().length === 0) allGone?.();
+      },
+    });
+    const expected = new Set(specs.map((s) => s.env['REINS_AGENT_ID'] ?? s.name));
+    const aborted = new Promise<never>((_, reject) => {
+      const onAbort = () =>
+        reject(new CliError('interrupted during start-up', { exitCode: ExitCode.interrupted }));
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
+    });
+    aborted.catch(() => undefined);
+    await waitForAgents(
+      client,
+      expected,
+      (options.readyTimeout ?? 30) * 1000,
+      Promise.race([failed, aborted]),
+      (id) => {
+        if (!json) process.stderr.write(errStyle.dim(`  ${id} is up\n`));
+      },
+    );
+    ready = true;
+    await client.close();
+    client = undefined;
+
+    const summary = {
+      type: 'ready' as const,
+      natsUrl: url,
+      nats: nats ? { pid: nats.process.pid, storeDir: nats.storeDir } : 'external',
+      agents: [...expected],
+      sandbox,
+      policy: policyNote,
+      publicKey: key.publicKey,
+      signingKey: key.source,
+      startedInMs: Date.now() - started,
+    };
+    if (json) printJson(summary);
+    else printBanner(style, summary, natsNote);
+
+    // Run until asked to stop, or until every service is gone.
+    const stopRequested = new Promise<'signal'>((r) => {
+      if (signal.aborted) r('signal');
+      else signal.addEventListener('abort', () => r('signal'), { once: true });
+    });
+    const why = await Promise.race([stopRequested, gone.then(() => 'gone' as const)]);
+    return why === 'signal' ? ExitCode.ok : ExitCode.error;
+  } finally {
+    if (!json) process.stderr.write(errStyle.dim('\nstopping the swarm…\n'));
+    // A second Ctrl-C while stopping kills at once.
+    const hard = () => {
+      services?.kill();
+      nats?.process.kill('SIGKILL');
+    };
+    process.once('SIGINT', hard);
+    process.once('SIGTERM', hard);
+    await client?.close().catch(() => undefined);
+    await services?.stop();
+    await nats?.stop();
+    await rm(temp, { recursive: true, force: true });
+    process.removeListener('SIGINT', hard);
+    process.removeListener('SIGTERM', hard);
+    if (!json)
+      process.stderr.write(errStyle.dim(`stopped after ${formatDuration(Date.now() - started)}\n`));
+  }
+}
+
+function printBanner(
+  s: Style,
+  info: {
+    natsUrl: string;
+    agents: string[];
+    sandbox: string;
+    policy: string;
+    publicKey: string;
+    signingKey: string;
+    startedInMs: number;
+  },
+  natsNote: string,
+): void {
+  println();
+  println(`${s.green('✓')} ${s.bold('swarm ready')} in ${formatDuration(info.startedInMs)}`);
+  println(`  ${s.bold('NATS_URL')}   ${info.natsUrl}  ${s.dim(natsNote)}`);
+  println(`  ${s.bold('agents')}     ${info.agents.join('  ')}`);
+  println(`  ${s.bold('sandbox')}    ${info.sandbox}  ${s.dim("(the executors' file tools)")}`);
+  println(`  ${s.bold('policy')}     ${info.policy}`);
+  println(
+    `  ${s.bold('grants')}     signed by ${info.publicKey.slice(0, 12)}… ${s.dim(`(${info.signingKey})`)}`,
+  );
+  println();
+  println(`  In another terminal:`);
+  println(`    export NATS_URL=${info.natsUrl}`);
+  println(`    reins run "Read every document in docs/ and write a report to report.md" --follow`);
+  println(`    reins ps`);
+  println(s.dim('  Ctrl-C stops everything.'));
+  println();
+}

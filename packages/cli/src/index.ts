@@ -1,0 +1,15 @@
+export { createProgram, CLI_VERSION } from './program.js';
+export type { ProgramContext } from './program.js';
+export { CliError, ExitCode, explainError, usageError } from './errors.js';
+export { findNatsServer, natsServerVersion, startLocalNats } from './nats-server.js';
+export type { LocalNats, LocalNatsOptions } from './nats-server.js';
+export { startServices, serviceMain } from './swarm.js';
+export type { ServiceHooks, ServiceName, ServiceSpec, Services } from './swarm.js';
+export { TraceView } from './trace-view.js';
+export type { TraceViewOptions } from './trace-view.js';
+export { parseTraceTarget } from './commands/trace.js';
+export { scopeFromOptions } from './commands/control.js';
+export type { ControlOptions } from './commands/control.js';
+export { DEFAULT_POLICY } from './commands/up.js';
+export { runChecks } from './commands/doctor.js';
+export type { Check, CheckStatus } from './commands/doctor.js';

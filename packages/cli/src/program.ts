@@ -1,0 +1,213 @@
+import { Command, InvalidArgumentError } from 'commander';
+import type { CommonOptions } from './connection.js';
+import type { ExitCode } from './errors.js';
+import { auditTailCommand, auditVerifyCommand, type AuditTailOptions } from './commands/audit.js';
+import { budgetCommand } from './commands/budget.js';
+import { controlCommand, type ControlAction, type ControlOptions } from './commands/control.js';
+import { doctorCommand } from './commands/doctor.js';
+import { keygenCommand } from './commands/keygen.js';
+import { psCommand, type PsOptions } from './commands/ps.js';
+import { runCommand, type RunOptions } from './commands/run.js';
+import { runsCommand, type RunsOptions } from './commands/runs.js';
+import { traceCommand, type TraceOptions } from './commands/trace.js';
+import { upCommand, type UpOptions } from './commands/up.js';
+
+/** The CLI's version (of `@reins/cli`). */
+export const CLI_VERSION = '0.1.0';
+
+/** What commands need from the process around them. */
+export interface ProgramContext {
+  /** Aborted on the first Ctrl-C / SIGTERM. */
+  signal: AbortSignal;
+  /** Receives the exit code of the command that ran. */
+  setExitCode(code: ExitCode): void;
+}
+
+const int =
+  (name: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
+  (value: string): number => {
+    const n = Number(value);
+    if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
+      throw new InvalidArgumentError(`${name} must be a whole number from ${min} to ${max}.`);
+    }
+    return n;
+  };
+
+const positive =
+  (name: string) =>
+  (value: string): number => {
+    const n = Number(value);
+    if (value.trim() === '' || !Number.isFinite(n) || n <= 0) {
+      throw new InvalidArgumentError(`${name} must be a positive number.`);
+    }
+    return n;
+  };
+
+function common(cmd: Command): Command {
+  return cmd
+    .option('--nats <url>', 'NATS server URL (default: $NATS_URL or nats://127.0.0.1:4222)')
+    .option('--json', 'machine-readable JSON output');
+}
+
+function scoped(cmd: Command, action: ControlAction): Command {
+  return common(cmd)
+    .option('--all', `${action} every agent and run`)
+    .option('--run <runId>', `${action} one run`)
+    .option('--agent <agentId>', `${action} one agent`)
+    .option('--role <role>', `${action} every agent of a role`)
+    .option(
+      '--reason <text>',
+      action === 'resume'
+        ? 'why (recorded in the audit log)'
+        : 'why (required; recorded in the audit log)',
+    );
+}
+
+/**
+ * Builds the `reins` command tree (commander). Usage errors throw a `CommanderError` (the
+ * caller exits with 2); each command reports its exit code through `context.setExitCode`.
+ */
+export function createProgram(context: ProgramContext): Command {
+  const signal = context.signal;
+  const setExitCode = (code: ExitCode) => context.setExitCode(code);
+  const program = new Command('reins')
+    .description(
+      'Run and govern Reins agent swarms: a local swarm, runs, live traces, halts, budgets, audit.',
+    )
+    .version(CLI_VERSION, '-V, --version')
+    .exitOverride()
+    .showHelpAfterError('(run `reins --help` or `reins <command> --help` for usage)')
+    .showSuggestionAfterError(true)
+    .configureHelp({ showGlobalOptions: true })
+    .addHelpText(
+      'after',
+      `
+Exit codes: 0 ok · 1 error · 2 bad usage or configuration · 3 run stopped (budget, halt, breaker)
+
+Quick start:
+  reins up                                   # nats-server + supervisor + planner + executor
+  export NATS_URL=<the URL it prints>        # in another terminal
+  reins run "Read every document in docs/ and write a report to report.md" --follow
+  reins ps · reins runs · reins halt --all --reason "…" · reins doctor`,
+    );
+
+  common(program.command('up'))
+    .description(
+      'start a local swarm: nats-server (unless NATS_URL is set), a supervisor, planners and executors',
+    )
+    .option('--planners <n>', 'planner processes', int('--planners', 0, 64), 1)
+    .option('--executors <n>', 'executor processes', int('--executors', 0, 64), 1)
+    .option('--role <role>', 'role the planners serve', 'planner')
+    .option(
+      '--sandbox <dir>',
+      "root of the executors' file tools (default: a fresh temp dir with sample docs/)",
+    )
+    .option(
+      '--policy <file>',
+      'JSON tool policy (default: read/list files, write *.md, calculator, scratchpad)',
+    )
+    .option(
+      '--port <port>',
+      'port of the nats-server it starts (default: a free one)',
+      int('--port', 1, 65535),
+    )
+    .option('--log-level <level>', 'REINS_LOG_LEVEL of the services', 'info')
+    .option(
+      '--ready-timeout <seconds>',
+      'give up when the swarm is not up by then',
+      positive('--ready-timeout'),
+      30,
+    )
+    .action(async (opts: UpOptions) => setExitCode(await upCommand(opts, signal)));
+
+  common(program.command('run'))
+    .description('start a run; with --follow, show its live trace and exit with its outcome')
+    .argument('<goal>', 'what the run should achieve')
+    .option('--role <role>', 'planner role that takes the run', 'planner')
+    .option(
+      '--budget-usd <usd>',
+      'USD cap of the run (delegated child runs included)',
+      positive('--budget-usd'),
+    )
+    .option('--max-steps <n>', 'step cap of the run', int('--max-steps', 1))
+    .option('-f, --follow', 'print the live trace tree and wait for the end')
+    .option(
+      '--timeout <seconds>',
+      'stop following after this long (exit 1; the run goes on)',
+      positive('--timeout'),
+    )
+    .action(async (goal: string, opts: RunOptions) =>
+      setExitCode(await runCommand(goal, opts, signal)),
+    );
+
+  common(program.command('ps'))
+    .description('agents: role, status, heartbeat age, in-flight work, runs')
+    .option('-a, --all', 'include agents that stopped')
+    .action(async (opts: PsOptions) => setExitCode(await psCommand(opts)));
+
+  common(program.command('trace'))
+    .description(
+      'live trace tree of a run (or of a pattern: all, *.executor.>, <run>.*.*.tool.result)',
+    )
+    .argument('<target>', 'run id, `all`, or a subject pattern below <prefix>.trace.')
+    .option('--from <where>', 'start: stored events first; new: only from now on', 'start')
+    .option('-w, --watch', 'keep watching after the run ends')
+    .action(async (target: string, opts: TraceOptions) =>
+      setExitCode(await traceCommand(target, opts, signal)),
+    );
+
+  for (const action of ['halt', 'pause', 'resume'] as const) {
+    scoped(program.command(action), action)
+      .description(
+        action === 'halt'
+          ? 'halt agents or runs now: in-flight work is aborted, grants refused; prints who acked and who is missing'
+          : action === 'pause'
+            ? 'pause agents or runs (no new steps; in-flight work finishes)'
+            : 'resume halted or paused agents or runs',
+      )
+      .option(
+        '--deadline-ms <ms>',
+        'how long the supervisor waits for acks',
+        int('--deadline-ms', 1, 600_000),
+      )
+      .action(async (opts: ControlOptions) => setExitCode(await controlCommand(action, opts)));
+  }
+
+  common(program.command('budget'))
+    .description('caps, spend and open reservations of a run')
+    .argument('<runId>')
+    .action(async (runId: string, opts: CommonOptions) =>
+      setExitCode(await budgetCommand(runId, opts)),
+    );
+
+  common(program.command('runs'))
+    .description('recent runs, newest first')
+    .option(
+      '--status <status>',
+      'only runs in this status (queued, running, paused, halted, completed, stopped, failed)',
+    )
+    .option('--limit <n>', 'how many', int('--limit', 1, 1000), 50)
+    .action(async (opts: RunsOptions) => setExitCode(await runsCommand(opts)));
+
+  const audit = program.command('audit').description('the hash-chained audit log');
+  common(audit.command('tail'))
+    .description('the last entries of the audit log')
+    .option('-n, --lines <n>', 'how many entries', int('--lines', 1, 100_000), 20)
+    .option('--writer <id>', 'only one supervisor instance')
+    .action(async (opts: AuditTailOptions) => setExitCode(await auditTailCommand(opts)));
+  common(audit.command('verify'))
+    .description('verify every hash chain; exit 1 naming the first broken entry')
+    .action(async (opts: CommonOptions) => setExitCode(await auditVerifyCommand(opts)));
+
+  common(program.command('doctor'))
+    .description(
+      'check Node, nats-server, NATS, JetStream, the supervisor, agents and the signing key',
+    )
+    .action(async (opts: CommonOptions) => setExitCode(await doctorCommand(opts)));
+
+  common(program.command('keygen'))
+    .description('create a supervisor signing seed and print its public key')
+    .action((opts: CommonOptions) => setExitCode(keygenCommand(opts)));
+
+  return program;
+}

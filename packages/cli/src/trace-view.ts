@@ -1,0 +1,212 @@
+import type { Budget, TraceEvent } from '@reins/protocol';
+import { formatUsd, progressBar, truncate, type Style } from './output.js';
+
+/** Options of `TraceView`. */
+export interface TraceViewOptions {
+  style: Style;
+  /** Writes one finished line (with its newline). */
+  write: (text: string) => void;
+  /** Redraw a status line in place (a terminal); otherwise status lines are printed. */
+  live: boolean;
+  /** Times are shown relative to this (default: the first event). */
+  startedAt?: number;
+  /** Show the run id on each line (when following many runs). */
+  showRun?: boolean;
+  /** Known caps of the root run, until its `run.start` event says. */
+  budget?: Budget;
+}
+
+function num(v: unknown): number {
+  return typeof v === 'number' && Number.isFinite(v) ? v : 0;
+}
+function str(v: unknown): string {
+  return typeof v === 'string' ? v : v === undefined ? '' : JSON.stringify(v);
+}
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/**
+ * Renders trace events as a tree: runs at the left, steps under their run, model and tool
+ * calls under their step, and a delegated child run under the tool call that started it.
+ * Keeps a budget bar and step counter (`[#####.....] $0.0012/$0.05  step 3/20`) that is
+ * updated at each `model.result` and `step.end`: redrawn in place on a terminal, printed as
+ * a line otherwise. Unknown events are shown with their data, never dropped.
+ */
+export class TraceView {
+  readonly #o: TraceViewOptions;
+  readonly #depth = new Map<string, number>();
+  readonly #steps = new Set<string>();
+  #root: string | undefined;
+  #usd = 0;
+  #budget: Budget;
+  #status = '';
+  #startedAt: number | undefined;
+
+  constructor(options: TraceViewOptions) {
+    this.#o = options;
+    this.#budget = options.budget ?? {};
+    this.#startedAt = options.startedAt;
+  }
+
+  /** Model spend seen so far across the run tree (USD). */
+  get usd(): number {
+    return this.#usd;
+  }
+
+  /** Steps finished so far across the run tree. */
+  get steps(): number {
+    return this.#steps.size;
+  }
+
+  /** Runs whose events this view has placed (the root and delegated children). */
+  get runs(): string[] {
+    return [...this.#depth.keys()];
+  }
+
+  /** The status line as it stands: budget bar and step counter. */
+  statusLine(): string {
+    const { usd, steps } = this.#budget;
+    const money =
+      usd !== undefined
+        ? `${progressBar(usd > 0 ? this.#usd / usd : 1)} ${formatUsd(this.#usd)}/${formatUsd(usd)}`
+        : `${formatUsd(this.#usd)} spent`;
+    const stepText = steps !== undefined ? `step ${this.steps}/${steps}` : `step ${this.steps}`;
+    return `${money}  ${stepText}`;
+  }
+
+  /** Adds one event to the view. */
+  add(e: TraceEvent): void {
+    this.#startedAt ??= e.ts;
+    this.#root ??= e.runId;
+    if (!this.#depth.has(e.runId)) this.#depth.set(e.runId, 0);
+    const base = this.#depth.get(e.runId) ?? 0;
+    const s = this.#o.style;
+    const d = e.data;
+    const who = s.byKey(e.agentId, e.agentId);
+    let depth = base + 2;
+    let text: string;
+    let status = false;
+    switch (e.event) {
+      case 'run.start': {
+        depth = base;
+        if (e.runId === this.#root && isRecord(d['budget'])) {
+          const b = d['budget'];
+          this.#budget = {
+            ...this.#budget,
+            ...(typeof b['usd'] === 'number' ? { usd: b['usd'] } : {}),
+            ...(typeof b['steps'] === 'number' ? { steps: b['steps'] } : {}),
+          };
+        }
+        text = `${s.bold('▶ run')} ${e.runId} ${s.dim(truncate(str(d['goal']), 80))}`;
+        break;
+      }
+      case 'run.end': {
+        depth = base;
+        const st = str(d['status']);
+        const reason = str(d['stopReason']);
+        const mark =
+          st === 'completed' ? s.green('✓') : st === 'stopped' ? s.yellow('■') : s.red('✗');
+        text = `${mark} ${s.bold(`run ${st}`)} ${e.runId}${reason ? ` ${s.yellow(reason)}` : ''}${
+          typeof d['reason'] === 'string' ? s.dim(` ${truncate(d['reason'], 100)}`) : ''
+        }`;
+        break;
+      }
+      case 'step.start':
+        depth = base + 1;
+        text = `${s.bold(`step ${num(d['step']) || str(e.stepId)}`)} ${who}`;
+        break;
+      case 'step.end': {
+        this.#steps.add(`${e.runId}/${e.stepId ?? str(d['step'])}`);
+        status = true;
+        if (typeof d['denied'] === 'string') {
+          depth = base + 1;
+          text = `${s.red('✗')} step ${num(d['step'])} denied ${s.yellow(d['denied'])}${
+            typeof d['rule'] === 'string' ? s.dim(` (${d['rule']})`) : ''
+          }`;
+          break;
+        }
+        this.#refreshStatus();
+        return;
+      }
+      case 'model.call':
+        // The result line says everything the call line would; keep the tree short.
+        return;
+      case 'model.result': {
+        const usd = num(d['usd']);
+        this.#usd += usd;
+        // A terminal redraws the bar at once; a log gets one bar line per step (at step.end).
+        status = this.#o.live;
+        const usage = isRecord(d['usage']) ? d['usage'] : {};
+        const calls = Array.isArray(d['toolCalls']) ? d['toolCalls'].map(str) : [];
+        text = `${s.cyan('model')} ${str(d['model'])} ${s.dim(
+          `${num(usage['inputTokens'])}→${num(usage['outputTokens'])} tok ${formatUsd(usd)}`,
+        )} → ${calls.length ? calls.join(', ') : s.green('answer')}`;
+        break;
+      }
+      case 'tool.call':
+        text = `${s.magenta('tool')} ${str(d['tool'])} ${s.dim(truncate(JSON.stringify(d['args'] ?? {}), 80))}`;
+        break;
+      case 'tool.start':
+        return;
+      case 'tool.end': {
+        depth = base + 3;
+        const outcome = str(d['outcome']);
+        text = s.dim(
+          `↳ ${e.agentId} ${outcome} ${num(d['durationMs'])}ms${d['replayed'] === true ? ' (replayed)' : ''}`,
+        );
+        break;
+      }
+      case 'tool.result': {
+        depth = base + 3;
+        if (d['ok'] === true) {
+          text = `${s.green('→ ok')} ${s.dim(truncate(str(d['output']), 80))}`;
+        } else {
+          const err = isRecord(d['error']) ? d['error'] : {};
+          text = `${s.red('→ error')} ${s.yellow(str(err['code']))} ${truncate(str(err['message']), 100)}`;
+        }
+        break;
+      }
+      case 'delegate.start': {
+        const child = str(d['childRunId']);
+        if (child) this.#depth.set(child, base + 3);
+        text = `${s.blue('delegate')} → ${str(d['role'])} ${s.dim(`child run ${child}`)}`;
+        break;
+      }
+      default:
+        text = `${s.bold(e.event)} ${who} ${s.dim(truncate(JSON.stringify(d), 100))}`;
+    }
+    const t = ((e.ts - (this.#startedAt ?? e.ts)) / 1000).toFixed(3);
+    const run = this.#o.showRun ? `${s.dim(e.runId.slice(-12).padStart(12))} ` : '';
+    this.#line(`${s.dim(`+${t}s`.padStart(9))} ${run}${'  '.repeat(depth)}${text}`);
+    if (status) this.#refreshStatus();
+  }
+
+  /** Clears the live status line (call before other output and at the end). */
+  clearStatus(): void {
+    if (this.#o.live && this.#status) this.#o.write('\r\x1b[K');
+    this.#status = '';
+  }
+
+  #line(text: string): void {
+    const had = this.#status;
+    this.clearStatus();
+    this.#o.write(`${text}\n`);
+    if (this.#o.live && had) this.#drawStatus(had);
+  }
+
+  #refreshStatus(): void {
+    const line = this.statusLine();
+    if (!this.#o.live) {
+      this.#o.write(`${' '.repeat(10)}${this.#o.style.dim(line)}\n`);
+      return;
+    }
+    this.clearStatus();
+    this.#drawStatus(line);
+  }
+
+  #drawStatus(line: string): void {
+    this.#status = line;
+    this.#o.write(`${' '.repeat(10)}${this.#o.style.bold(line)}`);
+  }
+}

@@ -1,0 +1,120 @@
+// Runs the built `reins` binary as a user would: a child process with its own env.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+export const CLI = fileURLToPath(new URL('../dist/main.js', import.meta.url));
+
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function childEnv(env: Record<string, string | undefined>): NodeJS.ProcessEnv {
+  // The test decides what the CLI sees: no inherited NATS_URL, keys or colours.
+  const dropped = new Set([
+    'NATS_URL',
+    'FORCE_COLOR',
+    'REINS_SUPERVISOR_SEED',
+    'REINS_SUPERVISOR_SEED_FILE',
+  ]);
+  const merged = { ...process.env, NO_COLOR: '1', ...env };
+  return Object.fromEntries(
+    Object.entries(merged).filter(
+      (kv): kv is [string, string] => kv[1] !== undefined && (!dropped.has(kv[0]) || kv[0] in env),
+    ),
+  );
+}
+
+/** Runs `reins <args>` to the end; SIGKILLs it after `timeoutMs` (a hang, not a timing). */
+export function reins(
+  args: string[],
+  env: Record<string, string | undefined> = {},
+  timeoutMs = 60_000,
+): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      env: childEnv(env),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.once('error', reject);
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** JSON lines of a `--json` output. */
+export function jsonLines(stdout: string): unknown[] {
+  return stdout
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => JSON.parse(l) as unknown);
+}
+
+export interface UpInfo {
+  type: 'ready';
+  natsUrl: string;
+  agents: string[];
+  sandbox: string;
+  publicKey: string;
+}
+
+/** A running `reins up --json`; `ready` resolves with its ready line. */
+export interface UpProcess {
+  readonly child: ChildProcess;
+  readonly ready: Promise<UpInfo>;
+  readonly lines: string[];
+  /** SIGTERM and wait for the exit code. */
+  stop(): Promise<number | null>;
+}
+
+export function reinsUp(args: string[], env: Record<string, string | undefined> = {}): UpProcess {
+  const child = spawn(process.execPath, [CLI, 'up', '--json', ...args], {
+    env: childEnv(env),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: string[] = [];
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => resolve(code)),
+  );
+  const ready = new Promise<UpInfo>((resolve, reject) => {
+    let buffer = '';
+    child.stdout.on('data', (d: Buffer) => {
+      buffer += d.toString();
+      const parts = buffer.split('\n');
+      buffer = parts.pop() ?? '';
+      for (const line of parts) {
+        if (!line.trim()) continue;
+        lines.push(line);
+        const msg = JSON.parse(line) as { type?: string };
+        if (msg.type === 'ready') resolve(msg as UpInfo);
+      }
+    });
+    void exited.then((code) =>
+      reject(
+        new Error(
+          `reins up exited (${String(code)}) before ready:\n${stderr}\n${lines.join('\n')}`,
+        ),
+      ),
+    );
+  });
+  ready.catch(() => undefined);
+  return {
+    child,
+    ready,
+    lines,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
