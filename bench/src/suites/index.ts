@@ -1,4 +1,5 @@
 import type { Suite } from '../types.js';
+import { authorizeSettle } from './authorize-settle.js';
 import { budgetAccuracy } from './budget-accuracy.js';
 import { governedStepSuite } from './governed-step.js';
 import { haltLatency } from './halt-latency.js';
@@ -9,6 +10,7 @@ import { throughput } from './throughput.js';
 /** Every suite, in the order they run. Add a new suite here. */
 export const suites: readonly Suite[] = [
   requestReply,
+  authorizeSettle,
   governedStepSuite,
   stepsPerRun,
   throughput,
