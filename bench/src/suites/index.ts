@@ -2,6 +2,7 @@ import type { Suite } from '../types.js';
 import { authorizeSettle } from './authorize-settle.js';
 import { budgetAccuracy } from './budget-accuracy.js';
 import { governedStepSuite } from './governed-step.js';
+import { haltAll } from './halt-all.js';
 import { haltLatency } from './halt-latency.js';
 import { requestReply } from './request-reply.js';
 import { stepsPerRun } from './steps-per-run.js';
@@ -15,5 +16,6 @@ export const suites: readonly Suite[] = [
   stepsPerRun,
   throughput,
   haltLatency,
+  haltAll,
   budgetAccuracy,
 ];

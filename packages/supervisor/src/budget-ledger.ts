@@ -457,32 +457,56 @@ export class BudgetLedger {
     }
     const expiresAt = this.#now() + req.leaseMs;
     const record: GrantRecord = { scopes, amount, expiresAt, state: 'reserved' };
-    const recordExpiresAt = await this.#createGrant(grantId, record);
+    // The grant record and the scope reservations are written concurrently (one round trip
+    // less); the reservation is only reported once both landed. A reservation whose grant
+    // record is missing (crash in between) expires with its lease like any other.
+    const created = this.#createGrant(grantId, record).then(
+      (at) => ({ ok: true as const, at }),
+      (err: unknown) => ({ ok: false as const, err }),
+    );
+    /** Scopes that hold this grant's reservation (rolled back on a refusal). */
     const taken: string[] = [];
+    /** Of those, the ones this call wrote (rolled back when the grant id is someone else's). */
+    const wrote: string[] = [];
+    let refused: Extract<ReserveResult, { ok: false }> | undefined;
     try {
       for (const scope of scopes) {
-        const fit = await this.#mutate<Fit>(scope, (doc) => {
+        const r = await this.#mutate<{ fit: Fit; wrote: boolean }>(scope, (doc) => {
           const current = doc ?? emptyDoc();
-          if (current.reservations[grantId]) return { result: { ok: true } };
+          if (current.reservations[grantId]) return { result: { fit: { ok: true }, wrote: false } };
           const f = fits(scope, current, amount);
-          if (!f.ok) return { result: f };
+          if (!f.ok) return { result: { fit: f, wrote: false } };
           const next = cloneDoc(current);
-          next.reservations[grantId] = { amount, expiresAt: recordExpiresAt };
-          return { result: f, write: next };
+          next.reservations[grantId] = { amount, expiresAt };
+          return { result: { fit: f, wrote: true }, write: next };
         });
-        if (!fit.ok) {
-          await this.#rollback(grantId, taken);
-          await this.#grants.delete(grantId).catch(() => undefined);
-          return fit;
+        if (r.wrote) wrote.push(scope);
+        if (!r.fit.ok) {
+          refused = r.fit;
+          break;
         }
         taken.push(scope);
       }
     } catch (err) {
-      // Best effort; what cannot be rolled back now expires with its lease.
-      await this.#rollback(grantId, taken).catch(() => undefined);
+      // Best effort; what cannot be rolled back now expires with its lease. When the grant id
+      // turned out to be someone else's, their reservations stay.
+      const c = await created;
+      await this.#rollback(grantId, c.ok ? taken : wrote).catch(() => undefined);
       throw err;
     }
-    return { ok: true, expiresAt: recordExpiresAt };
+    const c = await created;
+    if (!c.ok) {
+      // The grant id is taken by another reservation (or the record could not be written):
+      // undo only what this call reserved.
+      await this.#rollback(grantId, wrote).catch(() => undefined);
+      throw c.err;
+    }
+    if (refused) {
+      await this.#rollback(grantId, taken);
+      await this.#grants.delete(grantId).catch(() => undefined);
+      return refused;
+    }
+    return { ok: true, expiresAt: c.at };
   }
 
   /**

@@ -1,4 +1,4 @@
-import type { KV } from '@nats-io/kv';
+import { KvWatchInclude, type KV } from '@nats-io/kv';
 import {
   ConflictError,
   NotFoundError,
@@ -19,22 +19,144 @@ import { parse } from '@reins/protocol';
 //   start.<sha256> → runId of a `runs.start` idempotency key
 
 const MAX_CAS_ATTEMPTS = 50;
+/** Entries each cache (run records, breaker states) keeps; a miss only costs a KV read. */
+const CACHE_MAX = 4096;
 
-/** Run records and per-run breaker state in KV, updated with compare-and-set. */
+/** A cached run record (`record: null`: deleted at `rev`), and when it was last confirmed. */
+interface CachedRun {
+  record: RunRecord | null;
+  rev: number;
+  confirmedAt: number;
+}
+
+/**
+ * Run records and per-run breaker state in KV, updated with compare-and-set.
+ *
+ * Hot-path caches (both optional in effect: a miss reads KV):
+ *
+ * - **Run records** (`cached`, after `watch()`): a KV watch on `run.*` (updates only) keeps
+ *   every cached record coherent with what any supervisor writes, within the watch's delivery
+ *   lag (about a millisecond here) — the same lag the halt markers have, which every runtime
+ *   already trusts. Writes of this store update the cache at once (read-your-writes). Fail
+ *   closed: while the watch is not running (not started yet, or ended) nothing is cached; a key
+ *   not cached, a deleted record or an entry not confirmed (by a KV read, an own write or a
+ *   watch update) within `maxAgeMs` is read from KV. A record read from KV is only cached when
+ *   the watch was already running when the read was issued, and never over a newer revision.
+ * - **Breaker states**: the last state and revision written or read by this store; the next
+ *   update CASes on that revision, so a stale entry (another supervisor wrote since) fails the
+ *   CAS, is dropped and the state re-read: a decision is only returned once it was written on
+ *   top of the exact state it was computed from. Updates of one run's state are serialized in
+ *   this process, so concurrent settles and acts of one run do not CAS-conflict with each other.
+ */
 export class RunStore {
   readonly #kv: KV;
+  readonly #runs = new Map<string, CachedRun>();
+  /** Bumped whenever the watch starts or ends: reads issued in another epoch are not cached. */
+  #epoch = 0;
+  #watching = false;
+  #stopWatch: (() => void) | undefined;
+  readonly #breakers = new Map<string, { state: BreakerState; rev: number }>();
+  readonly #breakerQueues = new Map<string, Promise<unknown>>();
 
   constructor(kv: KV) {
     this.#kv = kv;
   }
 
+  /**
+   * Starts the run record watch (see the class comment); resolves once it is live. Throws
+   * `UnavailableError` when the watch cannot be created. Idempotent.
+   */
+  async watch(): Promise<void> {
+    if (this.#watching) return;
+    let w;
+    try {
+      w = await this.#kv.watch({ key: 'run.*', include: KvWatchInclude.UpdatesOnly });
+    } catch (cause) {
+      throw new UnavailableError('run store: cannot watch run records', { cause });
+    }
+    this.#epoch++;
+    this.#runs.clear();
+    this.#watching = true;
+    const epoch = this.#epoch;
+    this.#stopWatch = () => w.stop();
+    void (async () => {
+      try {
+        for await (const e of w) {
+          if (e.operation === 'PUT' && e.value.length > 0) {
+            let record: RunRecord | null;
+            try {
+              record = decode(RunRecord, e.value, { name: 'run record' });
+            } catch {
+              record = null; // unreadable: forget it, so reads go to KV (and report it)
+            }
+            if (record) this.#remember(e.key, record, e.revision);
+            else this.#runs.delete(e.key);
+          } else {
+            this.#remember(e.key, null, e.revision);
+          }
+        }
+      } finally {
+        // The watch ended: stop trusting the cache (fail closed: every read goes to KV).
+        if (this.#epoch === epoch) this.#unwatch();
+      }
+    })().catch(() => undefined);
+  }
+
+  /** Stops the run record watch and empties the cache. */
+  stopWatch(): void {
+    const stop = this.#stopWatch;
+    this.#unwatch();
+    stop?.();
+  }
+
+  #unwatch(): void {
+    this.#epoch++;
+    this.#watching = false;
+    this.#stopWatch = undefined;
+    this.#runs.clear();
+  }
+
+  /** Records a revision of a run key unless a newer one is cached. */
+  #remember(key: string, record: RunRecord | null, rev: number): void {
+    if (!this.#watching) return;
+    const had = this.#runs.get(key);
+    if (had && had.rev > rev) return;
+    this.#runs.delete(key);
+    this.#runs.set(key, { record, rev, confirmedAt: Date.now() });
+    if (this.#runs.size > CACHE_MAX) {
+      const oldest = this.#runs.keys().next();
+      if (!oldest.done) this.#runs.delete(oldest.value);
+    }
+  }
+
+  /**
+   * The run record, from the watched cache when it was confirmed within `maxAgeMs`, else from
+   * KV (see the class comment). Treat the record as read-only. Throws `NotFoundError` for an
+   * unknown run and `UnavailableError` when KV cannot be read.
+   */
+  async cached(runId: string, maxAgeMs: number): Promise<RunRecord> {
+    const key = `run.${assertId(runId, 'runId')}`;
+    const hit = this.#watching ? this.#runs.get(key) : undefined;
+    if (hit?.record && Date.now() - hit.confirmedAt <= maxAgeMs) return hit.record;
+    const epoch = this.#epoch;
+    const e = await this.#read(key);
+    const record = e ? decode(RunRecord, e.value, { name: 'run record' }) : undefined;
+    if (record && e && epoch === this.#epoch) this.#remember(key, record, e.revision);
+    if (!record) throw new NotFoundError(`unknown run ${runId}`, { details: { runId } });
+    return record;
+  }
+
   /** Creates a run record; fails with `ConflictError` if the id exists. */
   async create(record: RunRecord): Promise<void> {
+    const key = `run.${assertId(record.runId, 'runId')}`;
+    const epoch = this.#epoch;
+    let rev: number;
     try {
-      await this.#kv.create(`run.${assertId(record.runId, 'runId')}`, encode(RunRecord, record));
+      rev = await this.#kv.create(key, encode(RunRecord, record));
     } catch (cause) {
       throw new ConflictError(`run ${record.runId} already exists`, { cause });
     }
+    if (epoch === this.#epoch) this.#remember(key, record, rev);
   }
 
   /** The run record, or `undefined`. Throws `UnavailableError` when KV cannot be read. */
@@ -62,12 +184,11 @@ export class RunStore {
       const current = decode(RunRecord, e.value, { name: 'run record' });
       const next = fn(current);
       if (!next) return current;
+      const epoch = this.#epoch;
       try {
-        await this.#kv.update(
-          key,
-          encode(RunRecord, { ...next, updatedAt: Date.now() }),
-          e.revision,
-        );
+        const stored = { ...next, updatedAt: Date.now() };
+        const rev = await this.#kv.update(key, encode(RunRecord, stored), e.revision);
+        if (epoch === this.#epoch) this.#remember(key, stored, rev);
         return next;
       } catch {
         // lost the race: re-read and retry
@@ -120,26 +241,64 @@ export class RunStore {
     }
   }
 
-  /** Applies a breaker function to a run's breaker state with CAS. */
-  async updateBreakers<T>(
+  /**
+   * Applies a breaker function to a run's breaker state with CAS, starting from the state this
+   * store last wrote or read (see the class comment). Updates of one run are serialized here.
+   */
+  updateBreakers<T>(
     runId: string,
     init: () => BreakerState,
     fn: (s: BreakerState) => { state: BreakerState; result: T },
   ): Promise<T> {
     const key = `brk.${assertId(runId, 'runId')}`;
+    const prev = this.#breakerQueues.get(key) ?? Promise.resolve();
+    const next = prev.then(() => this.#updateBreakers(key, runId, init, fn));
+    const tail = next.catch(() => undefined);
+    this.#breakerQueues.set(key, tail);
+    void tail.then(() => {
+      if (this.#breakerQueues.get(key) === tail) this.#breakerQueues.delete(key);
+    });
+    return next;
+  }
+
+  async #updateBreakers<T>(
+    key: string,
+    runId: string,
+    init: () => BreakerState,
+    fn: (s: BreakerState) => { state: BreakerState; result: T },
+  ): Promise<T> {
     for (let i = 0; i < MAX_CAS_ATTEMPTS; i++) {
-      const e = await this.#read(key);
-      const current = e
-        ? parse(BreakerState, JSON.parse(new TextDecoder().decode(e.value)), 'breaker state')
-        : init();
-      const { state, result } = fn(current);
+      let snap = i === 0 ? this.#breakers.get(key) : undefined;
+      if (!snap) {
+        const e = await this.#read(key);
+        snap = e
+          ? {
+              state: parse(
+                BreakerState,
+                JSON.parse(new TextDecoder().decode(e.value)),
+                'breaker state',
+              ),
+              rev: e.revision,
+            }
+          : { state: init(), rev: 0 };
+      }
+      const { state, result } = fn(snap.state);
       const data = new TextEncoder().encode(JSON.stringify(state));
       try {
-        if (e) await this.#kv.update(key, data, e.revision);
-        else await this.#kv.create(key, data);
+        const rev =
+          snap.rev === 0
+            ? await this.#kv.create(key, data)
+            : await this.#kv.update(key, data, snap.rev);
+        this.#breakers.delete(key);
+        this.#breakers.set(key, { state, rev });
+        if (this.#breakers.size > CACHE_MAX) {
+          const oldest = this.#breakers.keys().next();
+          if (!oldest.done) this.#breakers.delete(oldest.value);
+        }
         return result;
       } catch {
-        // conflict: retry
+        // conflict (or a stale cached revision): re-read and retry
+        this.#breakers.delete(key);
       }
     }
     throw new ConflictError(`breaker state of run ${runId} is contended`);

@@ -101,6 +101,13 @@ export interface SupervisorOptions {
   approvalTimeoutMs?: number;
   /** Roles allowed to start as a run's planner (default: any). */
   plannerRoles?: string[];
+  /**
+   * How long `sv.authorize` and `sv.act` may trust a run record held in the watched cache
+   * without re-reading it from KV (default 1000 ms; 0 turns the cache off: every step reads
+   * KV). The watch keeps cached records current within milliseconds of any supervisor's write;
+   * this bounds the staleness should the watch stall. See `RunStore`.
+   */
+  runCacheMaxAgeMs?: number;
 }
 
 /** A running supervisor instance. */
@@ -155,11 +162,18 @@ export async function startSupervisor(
     replicas: defaultReplicas(),
   });
   const runs = new RunStore(await openBucket(nc, Buckets.runs));
+  const runCacheMaxAgeMs = options.runCacheMaxAgeMs ?? 1000;
+  if (runCacheMaxAgeMs > 0) await runs.watch();
   const approvals = new ApprovalStore(await openBucket(nc, Buckets.approvals));
   const approvalTimeoutMs = options.approvalTimeoutMs ?? 600_000;
   const audit = await AuditWriter.open(nc, { writerId: agentId, prefix: subjects.prefix });
   const halts = await runtime.halts();
   const policyCache = new Map<string, Policy>();
+  /**
+   * Ids of tool grants this instance issued recently (bounded). Tool grants reserve nothing, so
+   * the ledger holds no record of them: their settles are answered without a ledger read.
+   */
+  const toolGrants = new Set<string>();
 
   // Caps of the shared scopes; a scope without a cap is not touched by reservations.
   if (options.globalBudget) await ledger.setCap('global', options.globalBudget);
@@ -197,9 +211,15 @@ export async function startSupervisor(
     runId: string;
   }): Scope | undefined => halts.halted.find(target);
 
-  /** Run must exist and be live; returns it. Unknown or ended runs are refused: fail closed. */
-  const liveRun = async (runId: string): Promise<RunRecord> => {
-    const run = await runs.require(runId);
+  /**
+   * Run must exist and be live; returns it. Unknown or ended runs are refused: fail closed.
+   * `cached`: the hot path (authorize, act) may use the watched run record cache.
+   */
+  const liveRun = async (runId: string, cached = false): Promise<RunRecord> => {
+    const run =
+      cached && runCacheMaxAgeMs > 0
+        ? await runs.cached(runId, runCacheMaxAgeMs)
+        : await runs.require(runId);
     if (isTerminal(run.status)) {
       throw new HaltedError(`run ${runId} has ended (${run.status})`, {
         details: { runId, status: run.status },
@@ -367,7 +387,10 @@ export async function startSupervisor(
       // The control plane is never halted by the halts it issues.
       haltable: false,
       // Stopping the actor (dispose, SIGTERM via the runtime) also stops the reaper.
-      teardown: () => reaper.stop(),
+      teardown: async () => {
+        runs.stopWatch();
+        await reaper.stop();
+      },
       setup(a) {
         // ── runs.start: admission ────────────────────────────────────────────────────────
         a.handle(
@@ -604,7 +627,7 @@ export async function startSupervisor(
             };
             let run: RunRecord;
             try {
-              run = await liveRun(req.runId);
+              run = await liveRun(req.runId, true);
             } catch (err) {
               if (err instanceof ReinsError)
                 return deny(err, err.code === 'NOT_FOUND' ? 'run.unknown' : 'run.not_live');
@@ -674,36 +697,60 @@ export async function startSupervisor(
           subjects.settle,
           SettleRequest,
           async (req) => {
-            const res = await ledger.settle(req.grantId, req.actual);
-            if (!res.settled || res.duplicate)
-              return { settled: res.settled, duplicate: res.duplicate };
-            await record({
-              action: 'settle',
-              runId: req.runId,
-              agentId: req.agentId,
-              details: {
-                grantId: req.grantId,
-                actual: req.actual,
-                outcome: req.outcome,
-                ...(res.overshoot ? { overshoot: res.overshoot } : {}),
-              },
-            });
+            // Tool grants cost nothing and have no ledger record (`ledger.settle` would answer
+            // settled:false); skip the KV read for the ones this supervisor issued.
+            const toolGrant = toolGrants.delete(req.grantId);
+            let reply = { settled: false, duplicate: false };
+            let counted = false;
+            if (!toolGrant) {
+              const res = await ledger.settle(req.grantId, req.actual);
+              reply = { settled: res.settled, duplicate: res.duplicate };
+              if (res.settled && !res.duplicate) {
+                counted = true;
+                await record({
+                  action: 'settle',
+                  runId: req.runId,
+                  agentId: req.agentId,
+                  details: {
+                    grantId: req.grantId,
+                    actual: req.actual,
+                    outcome: req.outcome,
+                    ...(res.overshoot ? { overshoot: res.overshoot } : {}),
+                  },
+                });
+              }
+            }
             const now = Date.now();
-            const trip = await runs.updateBreakers(
-              req.runId,
-              () => initBreakerState(now),
-              (s) => {
-                let r = recordSpend(s, { usd: req.actual.usd, now }, breakers);
-                if (!r.trip && req.observationHash)
-                  r = recordObservation(r.state, { hash: req.observationHash, now }, breakers);
-                return { state: r.state, result: r.trip };
-              },
-            );
+            // Tool results carry an observation hash for the no-progress breaker, whichever
+            // supervisor issued the grant. Spend feeds the velocity breaker. Without either, a
+            // settle cannot change the breaker state: skip the read-modify-write.
+            const observe = req.observationHash !== undefined && !reply.duplicate;
+            const spend =
+              counted && (breakers.velocity !== undefined || breakers.wallMs !== undefined);
+            const trip =
+              observe || spend
+                ? await runs.updateBreakers(
+                    req.runId,
+                    () => initBreakerState(now),
+                    (s) => {
+                      let r = spend
+                        ? recordSpend(s, { usd: req.actual.usd, now }, breakers)
+                        : { state: s };
+                      if (!r.trip && observe && req.observationHash)
+                        r = recordObservation(
+                          r.state,
+                          { hash: req.observationHash, now },
+                          breakers,
+                        );
+                      return { state: r.state, result: r.trip };
+                    },
+                  )
+                : undefined;
             if (trip) {
               const run = await runs.get(req.runId);
               if (run && !isTerminal(run.status)) await tripBreaker(run, trip);
             }
-            return { settled: true, duplicate: false };
+            return reply;
           },
           { queue: SUPERVISOR_QUEUE, reply: SettleReply, runOf: () => undefined },
         );
@@ -713,7 +760,7 @@ export async function startSupervisor(
           subjects.act,
           ActRequest,
           async (req, ctx) => {
-            const run = await liveRun(req.runId);
+            const run = await liveRun(req.runId, true);
             const halted = haltedScope(req);
             if (halted)
               throw new HaltedError(`halted (${halted.kind})`, { details: { scope: halted } });
@@ -786,6 +833,11 @@ export async function startSupervisor(
                 ...(approvedBy ? { approvedBy } : {}),
               },
             });
+            toolGrants.add(grant.grantId);
+            if (toolGrants.size > 4096) {
+              const oldest = toolGrants.values().next();
+              if (!oldest.done) toolGrants.delete(oldest.value);
+            }
             const exec: z.input<typeof ExecuteRequest> = {
               grant,
               runId: run.runId,
@@ -965,12 +1017,25 @@ export async function startSupervisor(
               ...(req.scope.kind === 'run' ? { runId: req.scope.runId } : {}),
               details: { scope: req.scope, reason: req.reason, requestedBy: req.requestedBy },
             });
-            const acks = await broadcastControl(runtime, {
-              type: 'resume',
-              scope: req.scope,
-              reason: req.reason,
-              deadlineMs: Math.min(req.deadlineMs, 1000),
-            });
+            const live = (await listAgents(runtime, { includeLost: false })).filter(
+              (ag) => ag.role !== 'supervisor',
+            );
+            const expected =
+              req.scope.kind === 'run'
+                ? live.length
+                : live.filter((ag) =>
+                    scopeMatches(req.scope, { agentId: ag.agentId, role: ag.role }),
+                  ).length;
+            const acks = await broadcastControl(
+              runtime,
+              {
+                type: 'resume',
+                scope: req.scope,
+                reason: req.reason,
+                deadlineMs: Math.min(req.deadlineMs, 1000),
+              },
+              { expectAcks: Math.max(1, expected) },
+            );
             if (req.scope.kind === 'run') {
               const run = await runs.get(req.scope.runId);
               if (run && (run.status === 'halted' || run.status === 'paused')) {

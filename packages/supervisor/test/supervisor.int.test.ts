@@ -24,6 +24,7 @@ import {
   NotFoundError,
   PolicyDeniedError,
   RunRecord,
+  RunEndRequest,
   RunStartRequest,
   SettleReply,
   SettleRequest,
@@ -373,6 +374,36 @@ describe('supervisor actor', () => {
       .toBe('ApprovalTimeoutError');
   });
 
+  it('no-progress breaker: tool results that bring nothing new stop the run', async () => {
+    const run = await start({ steps: 50 });
+    const hash = 'a'.repeat(64);
+    const settle = (i: number) =>
+      client.request(client.subjects.settle, SettleRequest, SettleReply, {
+        grantId: `tool-grant-${run.runId.slice(-12)}-${i}`,
+        runId: run.runId,
+        agentId: 'exec-1',
+        actual: { usd: 0 },
+        outcome: 'ok',
+        observationHash: hash,
+      });
+    // The first observation is new; the next 8 (the default) in a row bring nothing new.
+    for (let i = 0; i < 9; i++) await settle(i);
+    await expect
+      .poll(
+        async () =>
+          (
+            await client.request(
+              client.subjects.runsGet,
+              z.object({ runId: z.string() }),
+              RunRecord,
+              { runId: run.runId },
+            )
+          ).stopReason,
+        { timeout: 5000 },
+      )
+      .toBe('BREAKER');
+  });
+
   it('repeat breaker trips at exactly K identical calls and stops the run', async () => {
     const run = await start({ steps: 10 });
     expect(await act(run.runId, 'echo', { same: 1 })).toMatchObject({ ok: true });
@@ -386,6 +417,31 @@ describe('supervisor actor', () => {
     );
     expect(rec).toMatchObject({ status: 'stopped', stopReason: 'BREAKER' });
     expect((await authorize(run.runId, 0)).decision).toBe('deny');
+  });
+
+  it('a run ended through one supervisor is refused by every supervisor well within a second', async () => {
+    const run = await start({ steps: 1000 });
+    // Every supervisor (queue group: requests spread over all three) caches the live record.
+    const before = await Promise.all(Array.from({ length: 30 }, () => authorize(run.runId, 0)));
+    expect(before.every((d) => d.decision === 'grant')).toBe(true);
+    const started = Date.now();
+    await client.request(client.subjects.runsEnd, RunEndRequest, RunRecord, {
+      runId: run.runId,
+      agentId: 'p1',
+      status: 'completed',
+      answer: 'done',
+    });
+    await expect
+      .poll(
+        async () => {
+          const ds = await Promise.all(Array.from({ length: 30 }, () => authorize(run.runId, 0)));
+          return ds.every((d) => d.decision === 'deny' && d.rule === 'run.not_live');
+        },
+        { timeout: 500, interval: 5 },
+      )
+      .toBe(true);
+    expect(Date.now() - started).toBeLessThan(500);
+    await expect(act(run.runId, 'echo', { after: 'end' })).rejects.toBeInstanceOf(HaltedError);
   });
 
   it('fences an agent that does not acknowledge a halt: its grants are refused until resumed', async () => {
