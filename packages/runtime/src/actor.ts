@@ -253,8 +253,8 @@ export class Actor implements AsyncDisposable {
     // from another connection right after start() must not meet "no responders".
     await this.runtime.nc.flush();
     this.#setBase('running');
-    this.#heartbeat();
-    this.#heartbeatTimer = setInterval(() => this.#heartbeat(), this.runtime.heartbeatMs);
+    void this.#heartbeat();
+    this.#heartbeatTimer = setInterval(() => void this.#heartbeat(), this.runtime.heartbeatMs);
     if (this.#definition.requireSupervisor) this.runtime.watchSupervisors();
     this.#heartbeatTimer.unref();
     this.logger.info({ version: this.version }, 'actor started');
@@ -632,7 +632,7 @@ export class Actor implements AsyncDisposable {
         : new UnavailableError('actor failed', { cause: error, retryable: false });
     this.logger.error({ err: error }, 'actor failed');
     this.#setBase('failed');
-    this.#heartbeat();
+    void this.#heartbeat();
   }
 
   /**
@@ -649,7 +649,7 @@ export class Actor implements AsyncDisposable {
     const failed = this.#base === 'failed';
     if (!failed) this.#setBase('draining');
     await Promise.all([...this.#consumers].map(async (c) => c.stop()));
-    this.#heartbeat();
+    void this.#heartbeat();
     await settleWithin(
       [...this.#units].map((u) => u.done),
       deadlineMs,
@@ -679,7 +679,9 @@ export class Actor implements AsyncDisposable {
     }
     if (this.#heartbeatTimer) clearInterval(this.#heartbeatTimer);
     if (!failed) this.#setBase('stopped');
-    this.#heartbeat();
+    // Wait for the last presence write: a stopped actor must not look alive (halts would wait
+    // for its ack until their deadline).
+    await this.#heartbeat();
     this.runtime.actors.delete(this);
     try {
       await this.#definition.teardown?.(this);
@@ -719,18 +721,21 @@ export class Actor implements AsyncDisposable {
     return hb;
   }
 
-  #heartbeat(): void {
-    if (this.runtime.nc.isClosed()) return;
+  /** Publishes a heartbeat and updates presence; the returned promise settles with the KV write. */
+  #heartbeat(): Promise<void> {
+    if (this.runtime.nc.isClosed()) return Promise.resolve();
     const hb = this.snapshot();
     try {
       this.runtime.publish(this.runtime.subjects.heartbeat(this.role, this.agentId), Heartbeat, hb);
     } catch (err) {
       this.logger.warn({ err }, 'heartbeat publish failed');
-      return;
+      return Promise.resolve();
     }
-    void this.runtime
+    return this.runtime
       .agentsBucket()
-      .then((kv) => kv.put(this.agentId, encode(Heartbeat, hb)))
+      .then(async (kv) => {
+        await kv.put(this.agentId, encode(Heartbeat, hb));
+      })
       .catch((err: unknown) => this.logger.debug({ err }, 'presence update failed'));
   }
 }

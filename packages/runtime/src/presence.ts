@@ -18,9 +18,10 @@ export async function listAgents(
 ): Promise<AgentPresence[]> {
   const kv = await runtime.agentsBucket();
   const now = options.now ?? Date.now();
-  const keys: string[] = [];
-  for await (const k of await kv.keys()) keys.push(k);
-  const entries = await Promise.all(keys.map((k) => kv.get(k)));
+  // A key listing can yield a key twice when it is written while being listed: dedupe.
+  const keys = new Set<string>();
+  for await (const k of await kv.keys()) keys.add(k);
+  const entries = await Promise.all([...keys].map((k) => kv.get(k)));
   const out: AgentPresence[] = [];
   for (const e of entries) {
     if (!e || e.operation !== 'PUT' || e.value.length === 0) continue;

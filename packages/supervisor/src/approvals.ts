@@ -70,7 +70,10 @@ export class ApprovalStore {
     limit: number;
   }): Promise<ApprovalRecord[]> {
     const out: ApprovalRecord[] = [];
+    const seen = new Set<string>();
     for await (const k of await this.#kv.keys()) {
+      if (seen.has(k)) continue; // a key written while listed can be listed twice
+      seen.add(k);
       const r = await this.get(k).catch(() => undefined);
       if (!r) continue;
       if (filter.runId && r.runId !== filter.runId) continue;

@@ -207,7 +207,7 @@ export class RunStore {
   /** Lists run records, newest first. */
   async list(filter: { status?: RunStatus; tenant?: string; limit: number }): Promise<RunRecord[]> {
     const keys: string[] = [];
-    for await (const k of await this.#kv.keys('run.*')) keys.push(k);
+    for await (const k of await this.#kv.keys('run.*')) if (!keys.includes(k)) keys.push(k);
     const records: RunRecord[] = [];
     for (const k of keys) {
       const e = await this.#read(k);
