@@ -8,6 +8,8 @@ export interface CommonOptions {
   nats?: string;
   /** Print machine-readable JSON instead of text. */
   json?: boolean;
+  /** Who to act as in the audit log (`--as`); default `REINS_IDENTITY`, else the OS user. */
+  as?: string;
 }
 
 /** The NATS URL a command uses: `--nats`, else `NATS_URL`, else the local default. */
@@ -15,8 +17,13 @@ export function natsUrl(options: CommonOptions): string {
   return options.nats ?? (process.env['NATS_URL'] || 'nats://127.0.0.1:4222');
 }
 
-/** Who the CLI acts as in the audit log: `reins-cli:<user>@<host>`. */
-export function cliIdentity(): string {
+/**
+ * Who the CLI acts as in the audit log: `as` (`--as <name>`), else `REINS_IDENTITY`, else
+ * `reins-cli:<user>@<host>`.
+ */
+export function cliIdentity(as?: string): string {
+  const named = as?.trim() || process.env['REINS_IDENTITY']?.trim();
+  if (named) return named.slice(0, 256);
   let user = 'unknown';
   try {
     user = userInfo().username;
@@ -35,7 +42,7 @@ export async function openClient(options: CommonOptions): Promise<ReinsClient> {
   return connect({
     servers: natsUrl(options),
     name: 'reins-cli',
-    identity: cliIdentity(),
+    identity: cliIdentity(options.as),
     logger: createLogger({ level: process.env['REINS_CLI_LOG_LEVEL'] ?? 'silent' }),
     connection: { timeout: 3000 },
   });

@@ -1,11 +1,18 @@
 import { Command, InvalidArgumentError } from 'commander';
 import type { CommonOptions } from './connection.js';
 import type { ExitCode } from './errors.js';
+import {
+  approvalsCommand,
+  decideCommand,
+  type ApprovalsOptions,
+  type DecideOptions,
+} from './commands/approvals.js';
 import { auditTailCommand, auditVerifyCommand, type AuditTailOptions } from './commands/audit.js';
 import { budgetCommand } from './commands/budget.js';
 import { controlCommand, type ControlAction, type ControlOptions } from './commands/control.js';
 import { doctorCommand } from './commands/doctor.js';
 import { keygenCommand } from './commands/keygen.js';
+import { newActorCommand, type NewActorOptions } from './commands/new-actor.js';
 import { psCommand, type PsOptions } from './commands/ps.js';
 import { runCommand, type RunOptions } from './commands/run.js';
 import { runsCommand, type RunsOptions } from './commands/runs.js';
@@ -180,6 +187,34 @@ Quick start:
       setExitCode(await budgetCommand(runId, opts)),
     );
 
+  common(program.command('approvals'))
+    .description('tool calls waiting for a human (policy effect `approve`), and past decisions')
+    .option('--run <runId>', 'only approvals of one run')
+    .option(
+      '--status <status>',
+      'only approvals in this status (pending, approved, denied, expired)',
+    )
+    .option('--limit <n>', 'how many', int('--limit', 1, 1000), 100)
+    .action(async (opts: ApprovalsOptions) => setExitCode(await approvalsCommand(opts)));
+
+  common(program.command('approve'))
+    .description('approve a pending tool call; it runs once when the planner retries it')
+    .argument('<approvalId>', 'id shown by `reins approvals`')
+    .option('--reason <text>', 'why (recorded in the audit log)')
+    .option('--as <name>', 'who decides (default: $REINS_IDENTITY, else the OS user)')
+    .action(async (approvalId: string, opts: DecideOptions) =>
+      setExitCode(await decideCommand('approve', approvalId, opts)),
+    );
+
+  common(program.command('deny'))
+    .description('deny a pending tool call; the planner gets APPROVAL_DENIED')
+    .argument('<approvalId>', 'id shown by `reins approvals`')
+    .option('--reason <text>', 'why (required; recorded in the audit log)')
+    .option('--as <name>', 'who decides (default: $REINS_IDENTITY, else the OS user)')
+    .action(async (approvalId: string, opts: DecideOptions) =>
+      setExitCode(await decideCommand('deny', approvalId, opts)),
+    );
+
   common(program.command('runs'))
     .description('recent runs, newest first')
     .option(
@@ -204,6 +239,23 @@ Quick start:
       'check Node, nats-server, NATS, JetStream, the supervisor, agents and the signing key',
     )
     .action(async (opts: CommonOptions) => setExitCode(await doctorCommand(opts)));
+
+  const scaffold = program
+    .command('new')
+    .description('scaffold code in a pnpm workspace (run from inside it)');
+  scaffold
+    .command('actor')
+    .description(
+      'add a workspace package with a working actor, a runnable service and a passing test against nats-server',
+    )
+    .argument('<name>', 'package name: lower-case letters, digits and dashes (e.g. reviewer)')
+    .option('--role <role>', 'role the actor serves (default: the name)')
+    .option('--dir <dir>', 'workspace folder to create it in', 'packages')
+    .option('--no-install', 'skip `pnpm install` (run it yourself later)')
+    .option('--json', 'machine-readable JSON output')
+    .action(async (name: string, opts: NewActorOptions) =>
+      setExitCode(await newActorCommand(name, opts)),
+    );
 
   common(program.command('keygen'))
     .description('create a supervisor signing seed and print its public key')

@@ -31,10 +31,12 @@ export function reins(
   args: string[],
   env: Record<string, string | undefined> = {},
   timeoutMs = 60_000,
+  options: { cwd?: string } = {},
 ): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, ...args], {
       env: childEnv(env),
+      ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
