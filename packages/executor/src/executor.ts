@@ -338,6 +338,9 @@ async function run(
   );
   const signal = AbortSignal.any([ctx.signal, lease.lost]);
   let result: ToolResult;
+  // A tool that changes the world is mid-effect while it runs: a halt now leaves its outcome
+  // unknown, and the halt's ack says so.
+  if (tool.effect !== 'read') ctx.sideEffect(base);
   try {
     const output: unknown = await runTool(tool, req.args, {
       runId: req.runId,
@@ -360,6 +363,8 @@ async function run(
       error: withDetails(toWireError(cause), { tool: tool.name, outcome }),
     };
     if (!(err instanceof ReinsError)) ctx.logger.error({ err, tool: tool.name }, 'tool failed');
+  } finally {
+    ctx.sideEffect(undefined);
   }
 
   const binding = {

@@ -110,6 +110,10 @@ describe('executor: idempotency', () => {
       { expectAcks: 1 },
     );
     expect(acks).toMatchObject([{ agentId: 'executor-1', aborted: 1, stillRunning: 0 }]);
+    // The ack names the action whose effect may or may not have happened.
+    expect(acks[0]?.unknownOutcomes).toEqual([
+      { runId: 'run-9', tool: 'slow_write', idempotencyKey: 'run-9:s1:w' },
+    ]);
     const result = await pending;
     expect(result).toMatchObject({
       ok: false,

@@ -329,6 +329,11 @@ export const ControlAck = z.object({
   type: ControlType,
   aborted: Count,
   stillRunning: Count,
+  /** Work aborted in the middle of a side effect: whether it happened is unknown. */
+  unknownOutcomes: z
+    .array(z.object({ runId: Id, tool: Id, idempotencyKey: IdempotencyKey }))
+    .max(1000)
+    .default([]),
 });
 export type ControlAck = z.infer<typeof ControlAck>;
 

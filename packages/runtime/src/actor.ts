@@ -68,6 +68,12 @@ export interface WorkContext {
   runId: string | undefined;
   /** Child logger with `{ role, agentId, runId }`. */
   logger: Logger;
+  /**
+   * Marks the unit as being in the middle of a side effect (a tool that writes), or clears the
+   * mark with `undefined`. A halt that aborts it meanwhile reports the action as an unknown
+   * outcome in its ack: nobody can say whether the effect happened.
+   */
+  sideEffect(action: { tool: string; idempotencyKey: string } | undefined): void;
 }
 
 /** Context handed to a request handler. */
@@ -98,6 +104,8 @@ class WorkUnit {
   readonly runId: string | undefined;
   readonly label: string;
   readonly controller = new AbortController();
+  /** The side effect in progress, if any (see `WorkContext.sideEffect`). */
+  effect: { tool: string; idempotencyKey: string } | undefined;
   #ended = false;
   #done: Promise<void> | undefined;
   #resolve: (() => void) | undefined;
@@ -144,6 +152,9 @@ function workContext(unit: WorkUnit, actorLogger: Logger): WorkContext {
     set logger(value: Logger) {
       logger = value;
     },
+    sideEffect: (action) => {
+      unit.effect = action;
+    },
   };
 }
 
@@ -151,6 +162,9 @@ function workContext(unit: WorkUnit, actorLogger: Logger): WorkContext {
 let ackBytes: Uint8Array | undefined;
 
 type BaseStatus = Exclude<ActorStatus, 'halted' | 'lost'>;
+
+/** An action a halt aborted in the middle of its side effect. */
+type UnknownOutcome = { runId: string; tool: string; idempotencyKey: string };
 
 /**
  * A running actor: a role, an agent id, handlers, a lifecycle
@@ -408,6 +422,9 @@ export class Actor implements AsyncDisposable {
           set logger(value: Logger) {
             logger = value;
           },
+          sideEffect: (action) => {
+            unit.effect = action;
+          },
           msg,
           forward: (to, schema, payload) => {
             forwarded = true;
@@ -521,13 +538,18 @@ export class Actor implements AsyncDisposable {
     if (this.#definition.haltable === false) return;
     let aborted = 0;
     let stillRunning = 0;
+    let unknownOutcomes: UnknownOutcome[] = [];
     switch (ctl.type) {
       case 'halt': {
         this.#localHalts.add(ctl.scope);
         const reason = new HaltedError(`halted: ${ctl.reason}`, {
           details: { scope: ctl.scope, id: ctl.id },
         });
-        ({ aborted, stillRunning } = await this.#abortMatching(ctl.scope, reason, ctl.deadlineMs));
+        ({ aborted, stillRunning, unknownOutcomes } = await this.#abortMatching(
+          ctl.scope,
+          reason,
+          ctl.deadlineMs,
+        ));
         if (stillRunning > 0) this.#armWatchdog(ctl.scope);
         this.logger.warn({ scope: ctl.scope, reason: ctl.reason, aborted, stillRunning }, 'halted');
         for (const l of this.#statusListeners) l(this.status);
@@ -559,6 +581,7 @@ export class Actor implements AsyncDisposable {
             type: ctl.type,
             aborted,
             stillRunning,
+            unknownOutcomes: unknownOutcomes.slice(0, 1000),
           }),
           { headers: payloadHeaders(ControlAck) },
         );
@@ -599,9 +622,13 @@ export class Actor implements AsyncDisposable {
     scope: Scope,
     reason: ReinsError,
     deadlineMs: number,
-  ): Promise<{ aborted: number; stillRunning: number }> {
+  ): Promise<{ aborted: number; stillRunning: number; unknownOutcomes: UnknownOutcome[] }> {
     const matching = [...this.#units].filter((u) =>
       scopeMatches(scope, { agentId: this.agentId, role: this.role, runId: u.runId }),
+    );
+    // Aborted mid-effect: the effect may or may not have happened.
+    const unknownOutcomes = matching.flatMap((u) =>
+      u.effect && u.runId ? [{ runId: u.runId, ...u.effect }] : [],
     );
     for (const u of matching) u.controller.abort(reason);
     await settleWithin(
@@ -611,6 +638,7 @@ export class Actor implements AsyncDisposable {
     return {
       aborted: matching.length,
       stillRunning: matching.filter((u) => this.#units.has(u)).length,
+      unknownOutcomes,
     };
   }
 

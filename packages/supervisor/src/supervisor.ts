@@ -997,11 +997,16 @@ export async function startSupervisor(
               acked,
               missing,
               aborted: acks.reduce((n, k) => n + k.aborted, 0),
-              unknownOutcomes: [],
+              unknownOutcomes: acks.flatMap((k) => k.unknownOutcomes).slice(0, 1000),
             };
             await record({
               action: 'halt.acks',
-              details: { haltId, acked: acked.length, missing },
+              details: {
+                haltId,
+                acked: acked.length,
+                missing,
+                unknownOutcomes: reply.unknownOutcomes,
+              },
             });
             return reply;
           },
