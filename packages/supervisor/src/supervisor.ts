@@ -534,13 +534,15 @@ export async function startSupervisor(
         a.handle(
           subjects.runsList,
           RunListRequest,
-          async (req) => ({
-            runs: await runs.list({
+          async (req) => {
+            const listed = await runs.list({
               limit: req.limit,
               ...(req.status ? { status: req.status } : {}),
               ...(req.tenant ? { tenant: req.tenant } : {}),
-            }),
-          }),
+            });
+            // Spend lives in the ledger, not the record: fill it in, as runs.get does.
+            return { runs: await Promise.all(listed.map(withUsage)) };
+          },
           { queue: SUPERVISOR_QUEUE, reply: RunListReply },
         );
         a.handle(

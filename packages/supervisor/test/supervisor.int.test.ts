@@ -24,6 +24,8 @@ import {
   NotFoundError,
   PolicyDeniedError,
   RunRecord,
+  RunListReply,
+  RunListRequest,
   RunEndRequest,
   RunStartRequest,
   SettleReply,
@@ -235,6 +237,10 @@ describe('supervisor actor', () => {
     expect(Math.round(report.committed.usd * 100)).toBe(Math.round(expected * 100));
     expect(report.reserved.usd).toBe(0);
     expect(report.committed.steps).toBe(10);
+    const listed = await client.request(client.subjects.runsList, RunListRequest, RunListReply, {
+      limit: 1000,
+    });
+    expect(listed.runs.find((r) => r.runId === run.runId)?.used.steps).toBe(10);
   });
 
   it('step cap: a run with budget.steps = N gets exactly N model-call grants', async () => {
