@@ -3,6 +3,7 @@ import { authorizeSettle } from './authorize-settle.js';
 import { budgetAccuracy } from './budget-accuracy.js';
 import { governedStepSuite } from './governed-step.js';
 import { haltAll } from './halt-all.js';
+import { idleAgents } from './idle-agents.js';
 import { haltLatency } from './halt-latency.js';
 import { requestReply } from './request-reply.js';
 import { stepsPerRun } from './steps-per-run.js';
@@ -18,4 +19,5 @@ export const suites: readonly Suite[] = [
   haltLatency,
   haltAll,
   budgetAccuracy,
+  idleAgents,
 ];
