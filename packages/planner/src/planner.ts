@@ -171,11 +171,36 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
       requireSupervisor: true,
       ...(options.agentId ? { agentId: options.agentId } : {}),
       async setup(a) {
-        messages = await consumer.consume({
-          max_messages: options.concurrency ?? 4,
-          callback: (m) => void handleTask(a, m),
+        let stopping = false;
+        // The pull consumer can end (server restart, consumer lost): start it again until the
+        // actor stops, so a planner never silently stops taking tasks.
+        const consume = async (): Promise<void> => {
+          const current = await consumer.consume({
+            max_messages: options.concurrency ?? 4,
+            callback: (m) => void handleTask(a, m),
+          });
+          messages = current;
+          void current.closed().then(async (err) => {
+            if (stopping) return;
+            a.logger.warn({ err }, 'task consumer ended; restarting it');
+            for (let attempt = 0; !stopping; attempt++) {
+              await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** attempt)));
+              try {
+                await consume();
+                return;
+              } catch (restartErr) {
+                a.logger.warn({ err: restartErr, attempt }, 'task consumer restart failed');
+              }
+            }
+          });
+        };
+        await consume();
+        a.own({
+          stop: async () => {
+            stopping = true;
+            await messages?.close().catch(() => undefined);
+          },
         });
-        a.own({ stop: async () => void (await messages?.close().catch(() => undefined)) });
       },
     }),
   );
@@ -553,7 +578,10 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         (err.code === 'HALTED' || err.code === 'PAUSED' || err.code === 'ABORTED')
       )
         throw err;
-      if (err instanceof ReinsError && err.retryable && err.code !== 'TIMEOUT') throw err;
+      // No answer (the executor died mid-call, NATS is recovering): retry the step later with
+      // the same idempotency key — the executor replays, takes over an idempotent tool, or
+      // reports the outcome as unknown. Never guess that the tool failed.
+      if (err instanceof ReinsError && err.retryable) throw err;
       return done({ ok: false, error: toWireError(err) });
     }
   }

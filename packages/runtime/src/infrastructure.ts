@@ -63,8 +63,10 @@ async function upsertStream(
   config: Partial<StreamConfig> & { name: string },
 ): Promise<void> {
   try {
-    await jsm.streams.info(config.name);
-    await jsm.streams.update(config.name, config);
+    const info = await jsm.streams.info(config.name);
+    // Keep the replica count an operator (or a clustered start) chose: a process started
+    // without REINS_REPLICAS must not shrink a replicated stream.
+    await jsm.streams.update(config.name, { ...config, num_replicas: info.config.num_replicas });
   } catch (err) {
     if (!/not found/i.test((err as Error).message)) throw err;
     try {

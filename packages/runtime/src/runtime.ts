@@ -106,7 +106,15 @@ export class Runtime implements AsyncDisposable {
    */
   static async connect(options: RuntimeOptions = {}): Promise<Runtime> {
     const logger = options.logger ?? createLogger();
-    const servers = options.servers ?? process.env['NATS_URL'] ?? 'nats://127.0.0.1:4222';
+    const given = options.servers ?? process.env['NATS_URL'] ?? 'nats://127.0.0.1:4222';
+    // `NATS_URL` may list a cluster: `nats://a:4222,nats://b:4222`.
+    const servers =
+      typeof given === 'string'
+        ? given
+            .split(',')
+            .map((s) => s.trim())
+            .filter(Boolean)
+        : given;
     let nc: NatsConnection;
     try {
       nc = await connect({
@@ -131,7 +139,16 @@ export class Runtime implements AsyncDisposable {
     const runtime = new Runtime(nc, options, logger);
     if (options.ensureInfrastructure ?? true) {
       try {
-        await ensureInfrastructure(nc, runtime.subjects, options.traceRetention);
+        // A fresh cluster may still be electing its JetStream leaders: retry with backoff.
+        for (let attempt = 0; ; attempt++) {
+          try {
+            await ensureInfrastructure(nc, runtime.subjects, options.traceRetention);
+            break;
+          } catch (err) {
+            if (attempt >= 4) throw err;
+            await new Promise((r) => setTimeout(r, 250 * 2 ** attempt));
+          }
+        }
       } catch (cause) {
         await nc.close();
         throw new UnavailableError(

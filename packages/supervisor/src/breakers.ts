@@ -53,6 +53,11 @@ export const BreakerState = z.object({
   spend: z.array(z.tuple([z.number(), z.number()])),
   /** Set once a breaker tripped; breakers stay tripped. */
   tripped: BreakerTrip.optional(),
+  /**
+   * Idempotency keys of recent actions (most recent last, bounded): a retry of the same action
+   * (same key: a redelivered step, an approval retry) is not a new action and counts once.
+   */
+  keys: z.array(z.string()).default([]),
 });
 export type BreakerState = z.infer<typeof BreakerState>;
 
@@ -64,7 +69,7 @@ export interface BreakerResult {
 
 /** Fresh state of a run that starts at `now`. */
 export function initBreakerState(now: number): BreakerState {
-  return { startedAt: now, steps: 0, actions: {}, seen: [], stale: 0, spend: [] };
+  return { startedAt: now, steps: 0, actions: {}, seen: [], stale: 0, spend: [], keys: [] };
 }
 
 /** Parses a config (defaults applied); throws a `ProtocolError` naming bad fields. */
@@ -115,10 +120,18 @@ export function checkDeadline(
  */
 export function recordAction(
   state: BreakerState,
-  action: { tool: string; argsHash: string; now: number },
+  action: { tool: string; argsHash: string; now: number; idempotencyKey?: string },
   config: BreakerConfig = DEFAULTS,
 ): BreakerResult {
   if (state.tripped) return { state, trip: state.tripped };
+  // A retry of an action already recorded (same idempotency key) is the same action.
+  if (action.idempotencyKey !== undefined && state.keys.includes(action.idempotencyKey)) {
+    return { state };
+  }
+  const recentKeys =
+    action.idempotencyKey === undefined
+      ? state.keys
+      : [...state.keys, action.idempotencyKey].slice(-config.maxActionKeys);
   const { now } = action;
   const steps = state.steps + 1;
   const key = `${action.tool}:${action.argsHash}`;
@@ -142,7 +155,7 @@ export function recordAction(
     keep.add(key);
     actions = Object.fromEntries(Object.entries(actions).filter(([k]) => keep.has(k)));
   }
-  const next: BreakerState = { ...state, steps, actions };
+  const next: BreakerState = { ...state, steps, actions, keys: recentKeys };
   const wall = wallTrip(next, now, config);
   if (wall) return result(next, wall);
   if (steps > config.maxSteps) {

@@ -795,7 +795,11 @@ export async function startSupervisor(
               req.runId,
               () => initBreakerState(run.createdAt),
               (s) => {
-                const r = recordAction(s, { tool: req.tool, argsHash, now }, breakers);
+                const r = recordAction(
+                  s,
+                  { tool: req.tool, argsHash, now, idempotencyKey: req.idempotencyKey },
+                  breakers,
+                );
                 return { state: r.state, result: r.trip };
               },
             );

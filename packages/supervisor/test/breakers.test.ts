@@ -158,3 +158,28 @@ describe('breakers', () => {
     );
   });
 });
+
+describe('repeat breaker and retries', () => {
+  it('a retry of the same action (same idempotency key) counts once', () => {
+    const config = breakerConfig({ repeat: { k: 2, windowMs: 60_000 } });
+    let state = initBreakerState(0);
+    for (let i = 0; i < 5; i++) {
+      const r = recordAction(
+        state,
+        { tool: 'echo', argsHash: 'h', now: i, idempotencyKey: 'run.1.0' },
+        config,
+      );
+      expect(r.trip).toBeUndefined();
+      state = r.state;
+    }
+    expect(state.steps).toBe(1);
+    // A new action with the same arguments is a repeat.
+    expect(
+      recordAction(
+        state,
+        { tool: 'echo', argsHash: 'h', now: 9, idempotencyKey: 'run.2.0' },
+        config,
+      ).trip?.breaker,
+    ).toBe('repeat');
+  });
+});
