@@ -14,6 +14,7 @@ import {
 import {
   startNatsServer,
   startSwarm,
+  type NatsCluster,
   type NatsServer,
   type ServiceSpec,
   type Swarm,
@@ -85,7 +86,12 @@ export interface RunTrace extends AsyncDisposable {
 
 /** A test deployment. Dispose it to stop every process, the client and the server. */
 export interface E2E extends AsyncDisposable {
+  /** The deployment's nats-server (throws on a deployment started on a `cluster`). */
   readonly nats: NatsServer;
+  /** The cluster the deployment runs on, when started with `cluster`. */
+  readonly cluster: NatsCluster | undefined;
+  /** What the services get as `NATS_URL`. */
+  readonly natsUrl: string;
   /** Sandbox root of the executors' file tools; documents are in `docs/`. */
   readonly sandbox: string;
   /** Seed and signer of the supervisor's grant key (executors trust its public key). */
@@ -117,9 +123,21 @@ export interface E2E extends AsyncDisposable {
 
 /** Starts nats-server, writes the sandbox and policy, connects a client; no processes yet. */
 export async function startE2E(
-  options: { docs?: Readonly<Record<string, string>> } = {},
+  options: {
+    docs?: Readonly<Record<string, string>>;
+    /** nats-server configuration text (e.g. JetStream `sync_interval`), for the server started here. */
+    natsConfig?: string;
+    /** Run on this cluster instead of a nats-server of its own (disposed with the deployment). */
+    cluster?: NatsCluster;
+    /** Environment every service gets (on top of the common env, below each service's own). */
+    env?: Record<string, string>;
+  } = {},
 ): Promise<E2E> {
-  const nats = await startNatsServer();
+  const cluster = options.cluster;
+  const ownServer = cluster
+    ? undefined
+    : await startNatsServer(options.natsConfig !== undefined ? { config: options.natsConfig } : {});
+  const natsUrl = cluster ? cluster.url : (ownServer?.url ?? '');
   const dir = await mkdtemp(join(tmpdir(), 'reins-e2e-'));
   const sandbox = join(dir, 'sandbox');
   await mkdir(join(sandbox, 'docs'), { recursive: true });
@@ -137,11 +155,11 @@ export async function startE2E(
     onExit: (name, code, signal) => exits.push(`${name} exited (${String(code ?? signal)})`),
   });
   const client = await connect({
-    servers: nats.url,
+    servers: cluster ? cluster.urls : natsUrl,
     identity: 'e2e',
     logger: createLogger({ level: process.env['REINS_LOG_LEVEL'] ?? 'silent' }),
   });
-  const common = { NATS_URL: nats.url, REINS_SHUTDOWN_DEADLINE_MS: '3000' };
+  const common = { NATS_URL: natsUrl, REINS_SHUTDOWN_DEADLINE_MS: '3000', ...options.env };
   const traces = new Set<RunTrace>();
 
   const diagnostics = () =>
@@ -153,7 +171,12 @@ export async function startE2E(
     ].join('\n');
 
   const e2e: E2E = {
-    nats,
+    get nats(): NatsServer {
+      if (!ownServer) throw new Error('this deployment runs on a cluster: use e2e.cluster');
+      return ownServer;
+    },
+    cluster,
+    natsUrl,
     sandbox,
     seed,
     signer,
@@ -267,7 +290,7 @@ export async function startE2E(
       for (const t of [...traces]) await t.stop();
       await swarm.stop();
       await client.close();
-      await nats.stop();
+      await (cluster ?? ownServer)?.stop();
       await rm(dir, { recursive: true, force: true });
     },
   };
