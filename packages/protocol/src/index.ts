@@ -83,6 +83,8 @@ export {
   Heartbeat,
   TraceEvent,
   AuditEntry,
+  AuditBatch,
+  AUDIT_BATCH_MAX_ENTRIES,
   ApprovalRequest,
   ApprovalDecision,
   ApprovalRecord,

@@ -407,6 +407,18 @@ export const AuditEntry = z.object({
 });
 export type AuditEntry = z.infer<typeof AuditEntry>;
 
+/** Most entries one `AuditBatch` may hold (writers default to fewer; see `AuditWriter`). */
+export const AUDIT_BATCH_MAX_ENTRIES = 1024;
+
+/**
+ * One stored message of an audit chain: consecutive entries of one writer, chained as usual
+ * (group commit: entries appended while a publish is in flight are stored together).
+ */
+export const AuditBatch = z.object({
+  entries: z.array(AuditEntry).min(1).max(AUDIT_BATCH_MAX_ENTRIES),
+});
+export type AuditBatch = z.infer<typeof AuditBatch>;
+
 /** A pending human approval. */
 export const ApprovalRequest = z.object({
   approvalId: Id,
@@ -488,6 +500,7 @@ export const Messages = {
   'reins.Heartbeat': Heartbeat,
   'reins.TraceEvent': TraceEvent,
   'reins.AuditEntry': AuditEntry,
+  'reins.AuditBatch': AuditBatch,
   'reins.ApprovalRequest': ApprovalRequest,
   'reins.ApprovalDecision': ApprovalDecision,
   'reins.ApprovalRecord': ApprovalRecord,

@@ -137,6 +137,30 @@ const examples: { [K in keyof typeof Messages]: z.input<(typeof Messages)[K]> } 
     prevHash: '0'.repeat(64),
     hash: 'a'.repeat(64),
   },
+  'reins.AuditBatch': {
+    entries: [
+      {
+        seq: 1,
+        writer: 'sv1',
+        ts: now,
+        action: 'admit',
+        actor: 'sv1',
+        runId: 'run1',
+        prevHash: '0'.repeat(64),
+        hash: 'a'.repeat(64),
+      },
+      {
+        seq: 2,
+        writer: 'sv1',
+        ts: now,
+        action: 'grant',
+        actor: 'sv1',
+        details: { grantId: 'g1' },
+        prevHash: 'a'.repeat(64),
+        hash: 'b'.repeat(64),
+      },
+    ],
+  },
   'reins.ApprovalRequest': {
     approvalId: 'ap1',
     runId: 'run1',

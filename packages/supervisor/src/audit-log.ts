@@ -10,7 +10,10 @@ import {
 } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
+  AUDIT_BATCH_MAX_ENTRIES,
+  AuditBatch,
   AuditEntry,
+  DEFAULT_MAX_PAYLOAD_BYTES,
   DEFAULT_PREFIX,
   ReinsError,
   Streams,
@@ -111,20 +114,57 @@ export interface AuditWriterOptions {
    * `throw` (default) refuses to extend it; `continue` chains onto it anyway.
    */
   onCorruptHead?: 'throw' | 'continue';
+  /** Most entries published as one message (group commit; default 256, at most 1024). */
+  maxBatchEntries?: number;
+  /** Soft cap on the encoded size of one batch (default 512 KiB; one entry always fits). */
+  maxBatchBytes?: number;
 }
 
 interface Head {
   seq: number;
   hash: string;
-  /** Stream sequence of the last entry on this writer's subject (0: none). */
+  /** Stream sequence of the last message on this writer's subject (0: none). */
   streamSeq: number;
 }
 
+/** An accepted append waiting for its batch: the validated entry without its chain fields. */
+interface Pending {
+  body: Omit<AuditEntry, 'seq' | 'prevHash' | 'hash'>;
+  /** Encoded size of the entry (an upper bound). */
+  bytes: number;
+  resolve: (entry: AuditEntry) => void;
+  reject: (err: unknown) => void;
+}
+
+/** Encoded bytes of `{ entries: [] }` around the entries, with room for an array32 header. */
+const BATCH_OVERHEAD_BYTES = 16;
+/** Bytes `seq` may grow by between validation and publish (msgpack uint 1 → 9 bytes). */
+const SEQ_SLACK_BYTES = 8;
+
 /**
- * The append side of one writer's hash chain. Appends are serialized; each is published with
- * `msgID` = its hash (a retried publish is deduped) and `expect.lastSubjectSequence` = the
- * previous entry, so a second process with the same writer id cannot fork the chain: its
- * append fails with a `ConflictError` and it re-reads the head before the next one.
+ * Decodes one stored audit message into its entries: an `AuditBatch`, or a single
+ * `AuditEntry` (the form written before group commit). Throws a `ProtocolError` otherwise.
+ */
+export function decodeAuditMessage(bytes: Uint8Array): AuditEntry[] {
+  try {
+    return decode(AuditBatch, bytes, { name: 'audit batch' }).entries;
+  } catch (err) {
+    try {
+      return [decode(AuditEntry, bytes, { name: 'audit entry' })];
+    } catch {
+      throw err;
+    }
+  }
+}
+
+/**
+ * The append side of one writer's hash chain, with group commit: one publish is in flight at a
+ * time; entries appended meanwhile queue up and, once it is acknowledged, go out together as
+ * one `AuditBatch` message (consecutive seqs, each prevHash the previous hash). Each message is
+ * published with `msgID` = the hash of its last entry (a retried publish is deduped) and
+ * `expect.lastSubjectSequence` = the previous message, so a second process with the same
+ * writer id cannot fork the chain: its append fails with a `ConflictError` and it re-reads the
+ * head before the next one. Every `append` resolves only once its batch is acknowledged.
  */
 export class AuditWriter {
   readonly writerId: string;
@@ -134,8 +174,11 @@ export class AuditWriter {
   readonly #timeoutMs: number;
   readonly #attempts: number;
   readonly #onCorruptHead: 'throw' | 'continue';
+  readonly #maxBatchEntries: number;
+  readonly #maxBatchBytes: number;
   #head: Head | undefined;
-  #queue: Promise<unknown> = Promise.resolve();
+  #pending: Pending[] = [];
+  #running = false;
 
   private constructor(
     js: JetStreamClient,
@@ -150,6 +193,11 @@ export class AuditWriter {
     this.#timeoutMs = options.timeoutMs ?? 5_000;
     this.#attempts = options.attempts ?? 3;
     this.#onCorruptHead = options.onCorruptHead ?? 'throw';
+    this.#maxBatchEntries = Math.max(
+      1,
+      Math.min(AUDIT_BATCH_MAX_ENTRIES, Math.floor(options.maxBatchEntries ?? 256)),
+    );
+    this.#maxBatchBytes = Math.max(1, options.maxBatchBytes ?? 512 * 1024);
   }
 
   /**
@@ -179,44 +227,103 @@ export class AuditWriter {
   }
 
   /**
-   * Appends an entry and resolves once JetStream stored it. Throws `ProtocolError` for an
-   * invalid entry, `ConflictError` (retryable) when another process appended to this chain,
-   * and `UnavailableError` when the stream cannot be reached; after a failure the next append
-   * re-reads the chain head first.
+   * Appends an entry and resolves once JetStream stored it (in the batch that carries it).
+   * Throws `ProtocolError` for an invalid entry, `ConflictError` (retryable) when another
+   * process appended to this chain, and `UnavailableError` when the stream cannot be reached;
+   * a failed publish rejects every entry of its batch, and the next batch re-reads the chain
+   * head first.
    */
   append(input: AuditInput): Promise<AuditEntry> {
-    const next = this.#queue.then(() => this.#append(input));
-    this.#queue = next.catch(() => undefined);
-    return next;
+    return new Promise<AuditEntry>((resolve, reject) => {
+      // An invalid input throws here: the promise rejects and the chain is not touched.
+      this.#pending.push({ ...this.#validate(input), resolve, reject });
+      if (!this.#running) {
+        this.#running = true;
+        // Start on a microtask: appends made in the same tick share the first batch.
+        queueMicrotask(() => void this.#run());
+      }
+    });
   }
 
-  async #append(input: AuditInput): Promise<AuditEntry> {
-    if (!this.#head) await this.#loadHead();
-    const head = this.#head ?? { seq: 0, hash: GENESIS_HASH, streamSeq: 0 };
-    const body: Omit<AuditEntry, 'hash'> = {
-      seq: head.seq + 1,
+  /**
+   * Validates an input as it will be stored (inside a batch, so nesting and size limits are
+   * those of the stored message) and returns the parsed entry body, defaults applied: the hash
+   * is computed over what will be decoded on the other side.
+   */
+  #validate(input: AuditInput): Omit<Pending, 'resolve' | 'reject'> {
+    const provisional: AuditEntry = {
+      seq: 1,
       writer: this.writerId,
       ts: input.ts ?? Date.now(),
       action: input.action,
       actor: input.actor,
       details: input.details ?? {},
-      prevHash: head.hash,
+      prevHash: GENESIS_HASH,
+      hash: GENESIS_HASH,
     };
-    if (input.runId !== undefined) body.runId = input.runId;
-    if (input.agentId !== undefined) body.agentId = input.agentId;
-    if (input.rule !== undefined) body.rule = input.rule;
-    // Hash what will be decoded on the other side: the parsed entry (defaults applied).
-    const provisional = { ...body, hash: GENESIS_HASH };
-    const bytes0 = encode(AuditEntry, provisional, { name: 'audit entry' });
-    const parsed = decode(AuditEntry, bytes0, { name: 'audit entry' });
-    const entry: AuditEntry = { ...parsed, hash: auditHash(parsed) };
-    const bytes = encode(AuditEntry, entry, { name: 'audit entry' });
+    if (input.runId !== undefined) provisional.runId = input.runId;
+    if (input.agentId !== undefined) provisional.agentId = input.agentId;
+    if (input.rule !== undefined) provisional.rule = input.rule;
+    const bytes = encode(
+      AuditBatch,
+      { entries: [provisional] },
+      {
+        name: 'audit entry',
+        maxPayloadBytes: DEFAULT_MAX_PAYLOAD_BYTES - BATCH_OVERHEAD_BYTES - SEQ_SLACK_BYTES,
+      },
+    );
+    const [parsed] = decode(AuditBatch, bytes, { name: 'audit entry' }).entries;
+    if (!parsed) throw new ProtocolError('audit: invalid audit entry');
+    const { seq: _seq, prevHash: _prev, hash: _hash, ...body } = parsed;
+    return { body, bytes: bytes.length + SEQ_SLACK_BYTES };
+  }
+
+  /** Publishes the queue batch by batch, one in flight, until it is empty. */
+  async #run(): Promise<void> {
+    try {
+      while (this.#pending.length > 0) {
+        let n = 0;
+        let size = BATCH_OVERHEAD_BYTES;
+        for (const p of this.#pending) {
+          if (n === this.#maxBatchEntries || (n > 0 && size + p.bytes > this.#maxBatchBytes)) break;
+          size += p.bytes;
+          n++;
+        }
+        const batch = this.#pending.splice(0, n);
+        try {
+          const entries = await this.#publish(batch);
+          batch.forEach((p, i) => {
+            const entry = entries[i];
+            if (entry) p.resolve(entry);
+          });
+        } catch (err) {
+          for (const p of batch) p.reject(err);
+        }
+      }
+    } finally {
+      this.#running = false;
+    }
+  }
+
+  /** Chains `batch` onto the head and publishes it as one message; resolves once acked. */
+  async #publish(batch: readonly Pending[]): Promise<AuditEntry[]> {
+    if (!this.#head) await this.#loadHead();
+    const head = this.#head ?? { seq: 0, hash: GENESIS_HASH, streamSeq: 0 };
+    const entries: AuditEntry[] = [];
+    let last = { seq: head.seq, hash: head.hash };
+    for (const p of batch) {
+      const body = { ...p.body, seq: last.seq + 1, prevHash: last.hash };
+      const entry = { ...body, hash: auditHash(body) };
+      entries.push(entry);
+      last = entry;
+    }
+    const bytes = encode(AuditBatch, { entries }, { name: 'audit batch' });
     let ack: PubAck | undefined;
     let lastErr: unknown;
     for (let i = 0; i < this.#attempts && !ack; i++) {
       try {
         ack = await this.#js.publish(this.subject, bytes, {
-          msgID: entry.hash,
+          msgID: last.hash,
           expect: { lastSubjectSequence: head.streamSeq },
           timeout: this.#timeoutMs,
         });
@@ -233,11 +340,11 @@ export class AuditWriter {
       }
     }
     if (!ack) {
-      this.#head = undefined; // unknown whether it landed: re-read before the next append
+      this.#head = undefined; // unknown whether it landed: re-read before the next batch
       throw new UnavailableError('audit: append not acknowledged', { cause: lastErr });
     }
-    this.#head = { seq: entry.seq, hash: entry.hash, streamSeq: ack.seq };
-    return entry;
+    this.#head = { seq: last.seq, hash: last.hash, streamSeq: ack.seq };
+    return entries;
   }
 
   async #loadHead(): Promise<void> {
@@ -251,23 +358,31 @@ export class AuditWriter {
       this.#head = { seq: 0, hash: GENESIS_HASH, streamSeq: 0 };
       return;
     }
-    let last: AuditEntry;
+    let entries: AuditEntry[];
     try {
-      last = decode(AuditEntry, sm.data, { name: 'audit entry' });
+      entries = decodeAuditMessage(sm.data);
     } catch (cause) {
       throw new ProtocolError(`audit: the head of chain ${this.writerId} is not an audit entry`, {
         cause,
         details: { writer: this.writerId, streamSeq: sm.seq },
       });
     }
-    if (
-      this.#onCorruptHead === 'throw' &&
-      (last.writer !== this.writerId || auditHash(last) !== last.hash)
-    ) {
-      throw new ProtocolError(`audit: the head of chain ${this.writerId} does not verify`, {
-        details: { writer: this.writerId, seq: last.seq, streamSeq: sm.seq },
-      });
+    // The last message must verify on its own: writer, hashes, and the links between them.
+    let last: AuditEntry | undefined;
+    for (const e of entries) {
+      if (
+        this.#onCorruptHead === 'throw' &&
+        (e.writer !== this.writerId ||
+          auditHash(e) !== e.hash ||
+          (last !== undefined && (e.seq !== last.seq + 1 || e.prevHash !== last.hash)))
+      ) {
+        throw new ProtocolError(`audit: the head of chain ${this.writerId} does not verify`, {
+          details: { writer: this.writerId, seq: e.seq, streamSeq: sm.seq },
+        });
+      }
+      last = e;
     }
+    if (!last) throw new ProtocolError(`audit: the head of chain ${this.writerId} is empty`);
     this.#head = { seq: last.seq, hash: last.hash, streamSeq: sm.seq };
   }
 }
@@ -282,8 +397,8 @@ export interface ReadAuditOptions {
 
 /**
  * Reads the audit stream from the start up to its current end: every writer's entries, or
- * one writer's. A stored message that is not an audit entry, or sits on another writer's
- * subject, is thrown as a `ProtocolError` with `details.writer` (from the subject) so
+ * one writer's, batches flattened in chain order. A stored message that is neither an audit
+ * batch nor a single entry, or holds an entry of another writer than its subject's, is thrown as a `ProtocolError` with `details.writer` (from the subject) so
  * `verifyAudit` names where the chain breaks.
  */
 export async function* readAudit(
@@ -310,22 +425,24 @@ export async function* readAudit(
     for await (const m of messages) {
       const parts = m.subject.split('.');
       const writer = parts.length === tokens ? (parts[tokens - 1] ?? '?') : '?';
-      let entry: AuditEntry;
+      let entries: AuditEntry[];
       try {
-        entry = decode(AuditEntry, m.data, { name: 'audit entry' });
+        entries = decodeAuditMessage(m.data);
       } catch (cause) {
         throw new ProtocolError(`audit: message ${m.seq} on ${m.subject} is not an audit entry`, {
           cause,
           details: { writer, streamSeq: m.seq },
         });
       }
-      if (entry.writer !== writer) {
-        throw new ProtocolError(
-          `audit: message ${m.seq} claims writer ${entry.writer} on ${writer}'s subject`,
-          { details: { writer, streamSeq: m.seq } },
-        );
+      for (const entry of entries) {
+        if (entry.writer !== writer) {
+          throw new ProtocolError(
+            `audit: message ${m.seq} claims writer ${entry.writer} on ${writer}'s subject`,
+            { details: { writer, streamSeq: m.seq } },
+          );
+        }
+        yield entry;
       }
-      yield entry;
       if (m.info.pending === 0) break;
     }
   } finally {
