@@ -44,6 +44,7 @@ import {
 } from '@reins/models';
 import {
   defineActor,
+  mapTransportError,
   openBucket,
   type Actor,
   type Runtime,
@@ -220,7 +221,13 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
       await a.work({ runId: task.runId, label: 'step' }, (ctx) => step(a, task, ctx));
       stepDone = true;
       m.ack();
-    } catch (err) {
+    } catch (caught) {
+      // NATS and JetStream failures (no responders while a stream elects a leader, timeouts, a
+      // closed connection) are transient: coded as retryable, not as a reason to end the run.
+      const err =
+        caught instanceof ReinsError || caught instanceof LeaseHeld || caught instanceof Suspend
+          ? caught
+          : mapTransportError(caught, 'planner step');
       if (err instanceof LeaseHeld) {
         m.nak(Math.min(err.retryInMs, 60_000));
       } else if (err instanceof Suspend) {
@@ -308,7 +315,15 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
     // Tasks enqueued by planners carry the number of steps done when they were enqueued; one
     // that is behind the state is a stale duplicate. Tasks from the supervisor (step 0: start,
     // resume) mean "continue from wherever the run is".
-    if (task.step > 0 && state.step > task.step) return;
+    if (task.step > 0 && state.step > task.step) {
+      // The step this task asked for is done. Make sure its successor was enqueued: a step
+      // whose save landed but whose reply was lost (NATS restart) never got to enqueue it.
+      // JetStream dedupes by message id, so this is a no-op when it was.
+      if (!state.pending && !(state.owner && (state.leaseUntil ?? 0) > Date.now())) {
+        await enqueueNext(runId, state.step);
+      }
+      return;
+    }
     const now = Date.now();
     if (state.owner && state.owner !== a.agentId && (state.leaseUntil ?? 0) > now) {
       // The holder may be alive (then it finishes the step) or crashed (then its lease runs
@@ -447,9 +462,14 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
     );
     trace('step.end', { step: stepNo, tools: parsed.length });
     // Next step: deduplicated by step number, so a redelivered task cannot fork the run.
-    const next: Task = { runId, role, step: stepNo, enqueuedAt: Date.now() };
+    await enqueueNext(runId, stepNo);
+  }
+
+  /** Enqueues the task for the step after `stepsDone`, deduplicated by step number. */
+  async function enqueueNext(runId: string, stepsDone: number): Promise<void> {
+    const next: Task = { runId, role, step: stepsDone, enqueuedAt: Date.now() };
     await runtime.js.publish(subjects.task(role), encode(Task, next), {
-      msgID: `${runId}:${stepNo}`,
+      msgID: `${runId}:${stepsDone}`,
     });
   }
 
