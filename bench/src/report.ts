@@ -148,7 +148,8 @@ export function memoryDelta(before: MemorySample, after: MemorySample): MemorySa
 }
 
 /**
- * Writes `<timestamp>.json`, `latest.json` and `latest.svg` into `dir` (created when missing).
+ * Writes `<timestamp>.json`, `latest.json`, `latest.svg` and `latest.md` (the table) into `dir`
+ * (created when missing).
  * Returns the paths written.
  */
 export async function writeReport(dir: string, report: RunReport): Promise<string[]> {
@@ -160,5 +161,7 @@ export async function writeReport(dir: string, report: RunReport): Promise<strin
   await writeFile(stamped, json);
   await writeFile(latest, json);
   await writeFile(chart, svg(report));
-  return [stamped, latest, chart];
+  const table = join(dir, 'latest.md');
+  await writeFile(table, `${markdown(report)}\n`);
+  return [stamped, latest, chart, table];
 }
