@@ -227,6 +227,38 @@ describe('reins up on an existing NATS, and the commands against it', () => {
     expect((JSON.parse(resume.stdout) as { acked: string[] }).acked).toContain(executor);
   });
 
+  it('halt --all stops the whole swarm and lists every ack; resume --all brings it back', async () => {
+    const halt = await reins(['halt', '--all', '--reason', 'stop everything', '--json'], env);
+    expect(halt.code).toBe(0);
+    const reply = JSON.parse(halt.stdout) as { acked: string[]; missing: string[] };
+    // Every agent but the supervisor (which issues halts and is never halted by them) acks.
+    const expected = info.agents.filter((a) => !a.startsWith('supervisor')).sort();
+    expect([...reply.acked].sort()).toEqual(expected);
+    expect(reply.missing).toEqual([]);
+    // Nothing new starts while halted: a run is admitted but its first step is refused.
+    const stopped = await reins(
+      [
+        'run',
+        'Summarise docs/ into report.md',
+        '--max-steps',
+        '5',
+        '--follow',
+        '--timeout',
+        '3',
+        '--json',
+      ],
+      env,
+    );
+    expect(stopped.code).not.toBe(0);
+    const resume = await reins(['resume', '--all', '--json'], env);
+    expect(resume.code).toBe(0);
+    const again = await reins(
+      ['run', 'Summarise docs/ into report.md', '--max-steps', '20', '--follow', '--json'],
+      env,
+    );
+    expect(again.code).toBe(0);
+  });
+
   it('audit verify exits 0 on the intact chain; audit tail shows the halts', async () => {
     const verify = await reins(['audit', 'verify'], env);
     expect(verify.code).toBe(0);
