@@ -409,28 +409,14 @@ export class Actor implements AsyncDisposable {
       const unit = this.#begin(runId, subject);
       let result: z.input<Res> | undefined;
       try {
-        const actorLogger = this.logger;
-        let logger: Logger | undefined;
-        // Built whole (not `{ ...workContext, msg, forward }`): one object per request.
-        const ctx: HandlerContext = {
-          signal: unit.controller.signal,
-          runId,
-          get logger(): Logger {
-            logger ??= runId ? actorLogger.child({ runId }) : actorLogger;
-            return logger;
-          },
-          set logger(value: Logger) {
-            logger = value;
-          },
-          sideEffect: (action) => {
-            unit.effect = action;
-          },
+        // The unit's context grows the two request-only members (still one object per request).
+        const ctx: HandlerContext = Object.assign(workContext(unit, this.logger), {
           msg,
-          forward: (to, schema, payload) => {
+          forward: <S extends z.ZodType>(to: string, schema: S, payload: z.input<S>) => {
             forwarded = true;
             this.runtime.publish(to, schema, payload, msg.reply ? { reply: msg.reply } : {});
           },
-        };
+        });
         const out = fn(request, ctx);
         // A synchronous handler's result needs no extra turn of the event loop.
         result = isThenable(out) ? await out : out;

@@ -286,6 +286,44 @@ export async function startSupervisor(
     );
 
   /**
+   * Who should acknowledge a control message for `scope`: live agents (supervisors excluded:
+   * they issue halts and are never halted by them). `ackers` is how many acks to wait for —
+   * every live agent acks a run-scoped message — and `owners` the agents a missing ack fences
+   * (for a run: those working on it).
+   */
+  const controlTargets = async (scope: Scope) => {
+    const live = (await listAgents(runtime, { includeLost: false })).filter(
+      (ag) => ag.role !== 'supervisor',
+    );
+    const owners = live.filter((ag) =>
+      scope.kind === 'run'
+        ? ag.runs.includes(scope.runId)
+        : scopeMatches(scope, { agentId: ag.agentId, role: ag.role }),
+    );
+    return { owners, ackers: Math.max(1, scope.kind === 'run' ? live.length : owners.length) };
+  };
+
+  /** Broadcasts resume or pause for a scope and answers with who acknowledged. */
+  const relay = async (
+    type: 'resume' | 'pause',
+    req: z.output<typeof HaltRequest>,
+  ): Promise<HaltReply> => {
+    const { ackers } = await controlTargets(req.scope);
+    const acks = await broadcastControl(
+      runtime,
+      { type, scope: req.scope, reason: req.reason, deadlineMs: Math.min(req.deadlineMs, 1000) },
+      { expectAcks: ackers },
+    );
+    return {
+      haltId: newId('h'),
+      acked: acks.map((k) => k.agentId).filter((id) => id !== agentId),
+      missing: [],
+      aborted: 0,
+      unknownOutcomes: [],
+    };
+  };
+
+  /**
    * The approval gate of a tool call whose policy says `approve`. The first request creates a
    * pending approval (stored, published on `approvals.<runId>`, audited) and answers
    * `APPROVAL_PENDING` (retryable): the planner retries the same call (same idempotency key).
@@ -950,15 +988,7 @@ export async function startSupervisor(
                 if (!(err instanceof NotFoundError)) throw err;
               });
             }
-            // Supervisors are not haltable (they issue halts), so they are not expected to ack.
-            const live = (await listAgents(runtime, { includeLost: false })).filter(
-              (ag) => ag.role !== 'supervisor',
-            );
-            const expected = live.filter((ag) =>
-              req.scope.kind === 'run'
-                ? ag.runs.includes(req.scope.runId)
-                : scopeMatches(req.scope, { agentId: ag.agentId, role: ag.role }),
-            );
+            const { owners: expected, ackers } = await controlTargets(req.scope);
             const acks = (
               await broadcastControl(
                 runtime,
@@ -971,9 +1001,7 @@ export async function startSupervisor(
                 },
                 // Every live agent acks a run-scoped halt; otherwise the agents the scope names.
                 // The reply comes as soon as they have all acked, at the latest at the deadline.
-                {
-                  expectAcks: Math.max(1, req.scope.kind === 'run' ? live.length : expected.length),
-                },
+                { expectAcks: ackers },
               )
             ).filter((k) => k.agentId !== agentId);
             const acked = acks
@@ -1028,25 +1056,7 @@ export async function startSupervisor(
               ...(req.scope.kind === 'run' ? { runId: req.scope.runId } : {}),
               details: { scope: req.scope, reason: req.reason, requestedBy: req.requestedBy },
             });
-            const live = (await listAgents(runtime, { includeLost: false })).filter(
-              (ag) => ag.role !== 'supervisor',
-            );
-            const expected =
-              req.scope.kind === 'run'
-                ? live.length
-                : live.filter((ag) =>
-                    scopeMatches(req.scope, { agentId: ag.agentId, role: ag.role }),
-                  ).length;
-            const acks = await broadcastControl(
-              runtime,
-              {
-                type: 'resume',
-                scope: req.scope,
-                reason: req.reason,
-                deadlineMs: Math.min(req.deadlineMs, 1000),
-              },
-              { expectAcks: Math.max(1, expected) },
-            );
+            const reply = await relay('resume', req);
             if (req.scope.kind === 'run') {
               const run = await runs.get(req.scope.runId);
               if (run && (run.status === 'halted' || run.status === 'paused')) {
@@ -1054,13 +1064,7 @@ export async function startSupervisor(
                 await enqueue(resumed, `resume-${newId()}`);
               }
             }
-            return {
-              haltId: newId('h'),
-              acked: acks.map((k) => k.agentId).filter((id) => id !== agentId),
-              missing: [],
-              aborted: 0,
-              unknownOutcomes: [],
-            };
+            return reply;
           },
           { queue: SUPERVISOR_QUEUE, reply: HaltReply, runOf: () => undefined },
         );
@@ -1074,19 +1078,7 @@ export async function startSupervisor(
               details: { scope: req.scope, reason: req.reason, requestedBy: req.requestedBy },
             });
             if (req.scope.kind === 'run') await runs.setStatus(req.scope.runId, 'paused');
-            const acks = await broadcastControl(runtime, {
-              type: 'pause',
-              scope: req.scope,
-              reason: req.reason,
-              deadlineMs: Math.min(req.deadlineMs, 1000),
-            });
-            return {
-              haltId: newId('h'),
-              acked: acks.map((k) => k.agentId).filter((id) => id !== agentId),
-              missing: [],
-              aborted: 0,
-              unknownOutcomes: [],
-            };
+            return relay('pause', req);
           },
           { queue: SUPERVISOR_QUEUE, reply: HaltReply, runOf: () => undefined },
         );
