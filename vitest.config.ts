@@ -13,6 +13,7 @@ export default defineConfig({
     hookTimeout: 60_000,
     pool: 'forks',
     maxWorkers: 2,
-    reporters: ['default'],
+    // The JSON report feeds the closing summary line of `./dev test`.
+    reporters: ['default', ['json', { outputFile: '.reins/test-results.json' }]],
   },
 });
