@@ -311,7 +311,15 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
 
     // Claim the run (one planner at a time); a crashed holder's lease expires.
     let { state, revision } = await store.load(runId);
-    if (state.done) return;
+    if (state.done) {
+      // The final answer is persisted but the run is not recorded as ended (the supervisor was
+      // unreachable right after): record it now, from the stored answer.
+      const last = state.history.at(-1);
+      if (last?.role === 'assistant') {
+        await endRun(a, runId, 'completed', { answer: last.content ?? '' });
+      }
+      return;
+    }
     // Tasks enqueued by planners carry the number of steps done when they were enqueued; one
     // that is behind the state is a stale duplicate. Tasks from the supervisor (step 0: start,
     // resume) mean "continue from wherever the run is".
@@ -390,7 +398,21 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
       try {
         result = await model.generate({ ...request, signal: ctx.signal });
       } catch (err) {
-        settle(grant, { inputTokens: estimate.inputTokens, outputTokens: 0, usd: 0 }, 'error');
+        // A call cut off in flight (abort, timeout) may have been billed: charge the reserved
+        // worst case. A refused call (auth, rate limit, bad request) cost nothing.
+        const cutOff =
+          err instanceof ReinsError && (err.code === 'ABORTED' || err.code === 'TIMEOUT');
+        settle(
+          grant,
+          cutOff
+            ? {
+                inputTokens: estimate.inputTokens,
+                outputTokens: estimate.outputTokens,
+                usd: estimate.usd,
+              }
+            : { inputTokens: 0, outputTokens: 0, usd: 0 },
+          'error',
+        );
         throw err;
       }
       const usd = costOrZero(model, result.usage);
