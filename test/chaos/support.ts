@@ -99,9 +99,14 @@ export function expectNoDoubleGrant(
           (e.data['outcome'] === 'unknown' && e.data['durationMs'] === 0)),
     ).length;
     expect(starts, `executions of ${key}`).toBeLessThanOrEqual(1);
-    expect(n - 1, `extra grants of ${key} are answered without running`).toBeLessThanOrEqual(
-      answered,
-    );
+    // With `stepRetries` a retried action's grant may also go unanswered: its executor refused
+    // it (idempotency ledger unavailable while a stream elects a leader: fail closed) or the
+    // forward was lost with the node. It still ran at most once (above).
+    if (!options.stepRetries) {
+      expect(n - 1, `extra grants of ${key} are answered without running`).toBeLessThanOrEqual(
+        answered,
+      );
+    }
   }
   return { llm, tool };
 }

@@ -286,6 +286,25 @@ export class IdempotencyLedger {
     await this.#kv.delete(key, { previousSeq: revision });
   }
 
+  /**
+   * @internal The current revision and record of `key` (`record` undefined when deleted or
+   * unreadable); undefined when there is none. Errors propagate.
+   */
+  async current(
+    key: string,
+  ): Promise<{ revision: number; record: IdempotencyRecord | undefined } | undefined> {
+    const e = await this.#kv.get(key);
+    if (!e) return undefined;
+    if (e.operation !== 'PUT') return { revision: e.revision, record: undefined };
+    let record: IdempotencyRecord | undefined;
+    try {
+      record = decode(IdempotencyRecord, e.value, { name: 'idempotency record' });
+    } catch {
+      record = undefined;
+    }
+    return { revision: e.revision, record };
+  }
+
   /** @internal The current revision of `key`, or undefined (errors propagate). */
   async revisionOf(key: string): Promise<number | undefined> {
     const e = await this.#kv.get(key);
@@ -376,18 +395,49 @@ export class Lease {
   }
 
   /**
-   * Stores the final record. Returns false (logged) when it could not be written: the lease
-   * was lost or KV is down; the record then stays `running` until its lease expires.
+   * Stores the final record (compare-and-set on our revision). A write that fails is checked and
+   * tried again for up to a lease length: one that timed out may have landed (then the stored
+   * record is ours), and KV may be back in a moment (a NATS server restart). Returns false
+   * (logged) when it could not be written: the lease was lost or KV stayed down; the record then
+   * stays `running` until its lease expires.
    */
   async finish(record: IdempotencyRecord): Promise<boolean> {
     await this.#quiesce();
     if (this.#lost.signal.aborted) return false;
-    try {
-      this.#revision = await this.#ledger.update(this.#key, record, this.#revision);
-      return true;
-    } catch (err) {
-      this.#ledger.logger.error({ err, key: this.#key }, 'could not store idempotency result');
-      return false;
+    const deadline = Date.now() + this.#ledger.leaseMs;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        this.#revision = await this.#ledger.update(this.#key, record, this.#revision);
+        return true;
+      } catch (err) {
+        let current: { revision: number; record: IdempotencyRecord | undefined } | undefined;
+        try {
+          current = await this.#ledger.current(this.#key);
+        } catch {
+          current = undefined; // KV unreachable: try again below
+        }
+        if (current && current.revision !== this.#revision) {
+          // Someone wrote after our claim: our own final write (landed although it timed out),
+          // or another executor that took an expired lease over.
+          const mine =
+            current.record?.state === 'done' && current.record.attemptId === this.attemptId;
+          if (mine) {
+            this.#revision = current.revision;
+            return true;
+          }
+          this.#ledger.logger.error(
+            { err, key: this.#key },
+            'could not store idempotency result: the claim was taken over',
+          );
+          return false;
+        }
+        if (Date.now() + 250 * 2 ** Math.min(attempt, 3) > deadline) {
+          this.#ledger.logger.error({ err, key: this.#key }, 'could not store idempotency result');
+          return false;
+        }
+        this.#ledger.logger.warn({ err, key: this.#key, attempt }, 'storing idempotency result');
+        await new Promise((r) => setTimeout(r, 250 * 2 ** Math.min(attempt, 3)));
+      }
     }
   }
 

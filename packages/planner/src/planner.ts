@@ -100,6 +100,9 @@ const STOP_BY_CODE: Record<string, StopReason> = {
   POLICY_DENIED: 'POLICY_DENIED',
 };
 
+/** Pull expiry of the task consumer (also how often a stalled pull is checked and renewed). */
+const PULL_EXPIRES_MS = 5_000;
+
 /** Ends the step without ending the run: the run is halted or paused and will be resumed. */
 class Suspend extends Error {}
 
@@ -149,20 +152,23 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
 
   const jsm = await jetstreamManager(runtime.nc);
   const durable = `planner-${role}`;
-  await jsm.consumers
-    .add(Streams.tasks, {
-      durable_name: durable,
-      filter_subject: subjects.task(role),
-      ack_policy: AckPolicy.Explicit,
-      deliver_policy: DeliverPolicy.All,
-      ack_wait: ackWaitMs * 1_000_000,
-      max_ack_pending: 1000,
-    })
-    .catch(async (err: unknown) => {
-      // Exists with another config (e.g. ack wait changed): update it.
-      if (!/already in use|exists/i.test(String((err as Error).message))) throw err;
-      await jsm.consumers.update(Streams.tasks, durable, { ack_wait: ackWaitMs * 1_000_000 });
-    });
+  /** Creates the durable task consumer, or updates its ack wait when it exists. */
+  const ensureConsumer = () =>
+    jsm.consumers
+      .add(Streams.tasks, {
+        durable_name: durable,
+        filter_subject: subjects.task(role),
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ack_wait: ackWaitMs * 1_000_000,
+        max_ack_pending: 1000,
+      })
+      .catch(async (err: unknown) => {
+        // Exists with another config (e.g. ack wait changed): update it.
+        if (!/already in use|exists/i.test(String((err as Error).message))) throw err;
+        await jsm.consumers.update(Streams.tasks, durable, { ack_wait: ackWaitMs * 1_000_000 });
+      });
+  await ensureConsumer();
   const consumer: Consumer = await runtime.js.consumers.get(Streams.tasks, durable);
 
   let messages: ConsumerMessages | undefined;
@@ -178,9 +184,24 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         const consume = async (): Promise<void> => {
           const current = await consumer.consume({
             max_messages: options.concurrency ?? 4,
+            // Short pulls: after a server restart the client checks the consumer and pulls
+            // again on this period (its default, 30 s, left the planner idle that long).
+            expires: PULL_EXPIRES_MS,
             callback: (m) => void handleTask(a, m),
           });
           messages = current;
+          void (async () => {
+            for await (const s of current.status()) {
+              // The durable consumer is gone (deleted, or a server lost its state): make it
+              // again; the client keeps checking for it and resumes pulling once it exists.
+              if ((s.type === 'consumer_not_found' || s.type === 'consumer_deleted') && !stopping) {
+                a.logger.warn({ status: s.type }, 'task consumer missing; creating it again');
+                await ensureConsumer().catch((err: unknown) =>
+                  a.logger.warn({ err }, 'could not create the task consumer'),
+                );
+              }
+            }
+          })().catch(() => undefined);
           void current.closed().then(async (err) => {
             if (stopping) return;
             a.logger.warn({ err }, 'task consumer ended; restarting it');
@@ -217,10 +238,11 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
     }
     const keepAlive = setInterval(() => m.working(), Math.max(1000, ackWaitMs / 3));
     let stepDone = false;
+    // What to tell JetStream about the task; sent once connected (see below).
+    let reply: () => void = () => m.ack();
     try {
       await a.work({ runId: task.runId, label: 'step' }, (ctx) => step(a, task, ctx));
       stepDone = true;
-      m.ack();
     } catch (caught) {
       // NATS and JetStream failures (no responders while a stream elects a leader, timeouts, a
       // closed connection) are transient: coded as retryable, not as a reason to end the run.
@@ -229,10 +251,10 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
           ? caught
           : mapTransportError(caught, 'planner step');
       if (err instanceof LeaseHeld) {
-        m.nak(Math.min(err.retryInMs, 60_000));
+        reply = () => m.nak(Math.min(err.retryInMs, 60_000));
       } else if (err instanceof Suspend) {
         // The run itself is halted or paused: resume re-enqueues it, so this task is done.
-        m.ack();
+        reply = () => m.ack();
       } else if (err instanceof ReinsError && (err.code === 'HALTED' || err.code === 'PAUSED')) {
         // Halted or paused for the run: done (resume re-enqueues). For this agent, its role or
         // everything: keep the task for later (or for another planner) — nothing is lost.
@@ -241,29 +263,34 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
           typeof scope === 'object' &&
           scope !== null &&
           (scope as { kind?: unknown }).kind === 'run';
-        if (runScoped) m.ack();
-        else m.nak(5000);
+        if (runScoped) reply = () => m.ack();
+        else reply = () => m.nak(5000);
       } else if (err instanceof ReinsError && err.details?.['reason'] === 'supervisor_lost') {
         // Dead-man switch: no supervisor, no step (fail closed) — and no give-up either.
-        m.nak(5000);
+        reply = () => m.nak(5000);
       } else if (err instanceof ReinsError && err.retryable && m.info.deliveryCount < maxAttempts) {
         a.logger.warn(
           { err, runId: task.runId, attempt: m.info.deliveryCount },
           'step failed; will retry',
         );
-        m.nak(Math.min(30_000, 1000 * 2 ** Math.min(5, m.info.deliveryCount - 1)));
+        reply = () => m.nak(Math.min(30_000, 1000 * 2 ** Math.min(5, m.info.deliveryCount - 1)));
       } else {
         a.logger.error({ err, runId: task.runId }, 'step failed; ending the run');
         await endRun(a, task.runId, 'failed', {
           stopReason: 'ERROR',
           error: toWireError(err),
         }).catch(() => undefined);
-        m.ack();
+        reply = () => m.ack();
       }
     } finally {
       clearInterval(keepAlive);
     }
+    // An ack or nak published while the connection is down is lost, and the task would only
+    // come back after the ack wait: send it once reconnected (a step that failed because the
+    // server went away is retried promptly after the restart).
+    await runtime.whenConnected();
     if (!stepDone) await releaseLease(task.runId, a.agentId);
+    reply();
   }
 
   /** Lets another planner take the run at once (after a halt, pause or failure of this step). */

@@ -1,10 +1,16 @@
-import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
+import {
+  connect,
+  type ConnectionOptions,
+  type Msg,
+  type NatsConnection,
+} from '@nats-io/transport-node';
 import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
 import {
   AbortedError,
   Buckets,
   DEFAULT_MAX_PAYLOAD_BYTES,
+  TimeoutError,
   UnavailableError,
   createSubjects,
   encode,
@@ -84,6 +90,10 @@ export class Runtime implements AsyncDisposable {
   #halts: Promise<HaltMarkers> | undefined;
   #agents: Promise<KV> | undefined;
   #closed = false;
+  /** Resolved on the next reconnect (or close): see `whenConnected`. */
+  #reconnected: { promise: Promise<void>; resolve: () => void } | undefined;
+  /** Fails each request waiting for a reply, when the connection drops (see `request`). */
+  readonly #awaitingReply = new Set<() => void>();
   /** Codec options of every request and publish (one object, not one per message). */
   readonly #limits: { maxPayloadBytes: number };
 
@@ -188,14 +198,35 @@ export class Runtime implements AsyncDisposable {
     return this.#connected && !this.nc.isClosed();
   }
 
+  /**
+   * Resolves at once while connected, else on the next reconnect (or when the connection is
+   * closed). Messages published while disconnected are lost (not buffered): JetStream acks and
+   * naks wait for this.
+   */
+  whenConnected(): Promise<void> {
+    if (this.connected || this.nc.isClosed()) return Promise.resolve();
+    if (!this.#reconnected) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      this.#reconnected = { promise, resolve };
+      void this.nc.closed().then(() => resolve());
+    }
+    return this.#reconnected.promise;
+  }
+
   async #watchStatus(): Promise<void> {
     for await (const s of this.nc.status()) {
       if (s.type === 'disconnect') {
         this.#connected = false;
         this.logger.warn({ server: s.server }, 'NATS disconnected; reconnecting');
+        // A reply on its way now is lost (the server is gone or no longer routes to us): fail
+        // the requests waiting for one at once instead of at their timeout.
+        for (const fail of [...this.#awaitingReply]) fail();
       } else if (s.type === 'reconnect') {
         this.#connected = true;
         this.logger.info({ server: s.server }, 'NATS reconnected');
+        this.#reconnected?.resolve();
+        this.#reconnected = undefined;
       }
     }
   }
@@ -233,7 +264,9 @@ export class Runtime implements AsyncDisposable {
   /**
    * A typed request: validates and encodes `payload` with `requestSchema`, waits for the reply
    * and decodes it with `responseSchema`. A remote error is rethrown as its class
-   * (`BudgetExceededError`…); no responder is `UnavailableError`; no answer in time `TimeoutError`.
+   * (`BudgetExceededError`…); no responder is `UnavailableError`; no answer in time `TimeoutError`
+   * — also at once when the connection to NATS drops while the reply is awaited (a reply sent
+   * meanwhile is lost; retry with the same idempotency key rather than wait for the timeout).
    */
   async request<Req extends z.ZodType, Res extends z.ZodType>(
     subject: string,
@@ -246,9 +279,31 @@ export class Runtime implements AsyncDisposable {
     const signal = options.signal;
     if (signal?.aborted)
       throw new AbortedError('request aborted before it was sent', { cause: signal.reason });
-    const pending = this.nc.request(subject, data, {
+    const sent = this.nc.request(subject, data, {
       timeout: options.timeoutMs ?? 5000,
       headers: payloadHeaders(requestSchema),
+    });
+    const pending = new Promise<Msg>((resolve, reject) => {
+      const lost = () => {
+        this.#awaitingReply.delete(lost);
+        reject(
+          new TimeoutError(
+            `connection to NATS lost while waiting for a reply on ${subject}; the request may or may not have been handled`,
+            { details: { subject, reason: 'disconnected' } },
+          ),
+        );
+      };
+      this.#awaitingReply.add(lost);
+      sent.then(
+        (m) => {
+          this.#awaitingReply.delete(lost);
+          resolve(m);
+        },
+        (err: Error) => {
+          this.#awaitingReply.delete(lost);
+          reject(err);
+        },
+      );
     });
     let msg;
     try {

@@ -1,4 +1,4 @@
-import { DeliverPolicy, type ConsumerMessages } from '@nats-io/jetstream';
+import { DeliverPolicy, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
 import { Streams, TraceEvent, decode, type TraceSubjectParts } from '@reins/protocol';
 import type { Runtime } from './runtime.js';
 
@@ -21,9 +21,20 @@ export interface TraceSubscription extends AsyncIterable<TraceEvent>, AsyncDispo
 }
 
 /**
+ * Pull expiry of the trace consumer. It also paces the client's own recovery: idle heartbeats
+ * are half of it, and a consumer that missed two of them is checked and pulled again.
+ */
+const PULL_EXPIRES_MS = 5_000;
+
+/**
  * Subscribes to trace events matching a pattern (`{ runId: 'r1' }`, `{ role: 'executor' }`, or a
  * raw subject with wildcards under the trace prefix), replaying stored ones first (`from:
- * 'start'`). Events arrive in stream order; invalid events are skipped and counted.
+ * 'start'`). Events arrive in stream order, each once; invalid events are skipped and counted.
+ *
+ * The subscription survives a NATS server restart: its ephemeral (ordered) consumer is gone
+ * then, and the client library's own recreation can stall until heartbeats are missed, so after
+ * a reconnect (or a reset of the consumer) a new consumer is made from the stream sequence after
+ * the last event delivered.
  */
 export async function subscribeTraces(
   runtime: Runtime,
@@ -35,17 +46,15 @@ export async function subscribeTraces(
     throw new RangeError(`trace pattern must be under ${runtime.subjects.prefix}.trace.`);
   }
   const from = options.from ?? 'start';
-  const consumer = await runtime.js.consumers.get(Streams.trace, {
-    filter_subjects: subject,
-    ...(from === 'start'
-      ? { deliver_policy: DeliverPolicy.All }
-      : from === 'new'
-        ? { deliver_policy: DeliverPolicy.New }
-        : 'seq' in from
-          ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from.seq }
-          : { deliver_policy: DeliverPolicy.StartTime, opt_start_time: from.time.toISOString() }),
-  });
+  const callback = options.callback;
   let invalid = 0;
+  /** Stream sequence of the last message delivered (0: none yet). */
+  let lastSeq = 0;
+  let stopped = false;
+  // Iterator mode: events wait here until the iterator takes them.
+  const queue: TraceEvent[] = [];
+  let wake: (() => void) | undefined;
+
   const parse = (data: Uint8Array): TraceEvent | undefined => {
     try {
       return decode(TraceEvent, data, { name: 'trace event' });
@@ -54,20 +63,104 @@ export async function subscribeTraces(
       return undefined;
     }
   };
-  let messages: ConsumerMessages;
-  const callback = options.callback;
-  if (callback) {
-    messages = await consumer.consume({
-      callback: (m) => {
-        const ev = parse(m.data);
-        if (ev) callback(ev, { streamSeq: m.seq, subject: m.subject });
-      },
+  const deliver = (m: JsMsg): void => {
+    // A consumer made again after a restart starts after `lastSeq`; never deliver twice.
+    if (stopped || m.seq <= lastSeq) return;
+    lastSeq = m.seq;
+    const ev = parse(m.data);
+    if (!ev) return;
+    if (callback) {
+      callback(ev, { streamSeq: m.seq, subject: m.subject });
+    } else {
+      queue.push(ev);
+      wake?.();
+    }
+  };
+  const start = () =>
+    lastSeq > 0
+      ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: lastSeq + 1 }
+      : from === 'start'
+        ? { deliver_policy: DeliverPolicy.All }
+        : from === 'new'
+          ? { deliver_policy: DeliverPolicy.New }
+          : 'seq' in from
+            ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from.seq }
+            : {
+                deliver_policy: DeliverPolicy.StartTime,
+                opt_start_time: from.time.toISOString(),
+              };
+
+  let messages: ConsumerMessages | undefined;
+  let generation = 0;
+  const open = async (): Promise<ConsumerMessages> => {
+    const consumer = await runtime.js.consumers.get(Streams.trace, {
+      filter_subjects: subject,
+      ...start(),
     });
-  } else {
-    messages = await consumer.consume();
-  }
+    const current = await consumer.consume({ expires: PULL_EXPIRES_MS, callback: deliver });
+    const gen = generation;
+    // The client library recreates an ordered consumer itself after a reset, and may then
+    // stall; and it gives up (closes) after repeated failures. Make a fresh one instead.
+    void (async () => {
+      for await (const s of current.status()) {
+        if (s.type === 'reset' && gen === generation) void reopen();
+      }
+    })().catch(() => undefined);
+    void current.closed().then(
+      () => gen === generation && void reopen(),
+      () => gen === generation && void reopen(),
+    );
+    return current;
+  };
+  /** Replaces the consumer with one starting after the last event delivered. */
+  const reopen = async (): Promise<void> => {
+    const gen = ++generation;
+    const previous = messages;
+    messages = undefined;
+    await previous?.close().catch(() => undefined);
+    for (let attempt = 0; !stopped && gen === generation; attempt++) {
+      try {
+        const next = await open();
+        if (stopped || gen !== generation) {
+          await next.close().catch(() => undefined);
+          return;
+        }
+        messages = next;
+        return;
+      } catch {
+        // JetStream may still be recovering after the restart: try again shortly.
+        await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * 2 ** attempt)));
+      }
+    }
+  };
+
+  messages = await open();
+  const status = runtime.nc.status();
+  void (async () => {
+    for await (const s of status) {
+      if (stopped) break;
+      if (s.type === 'disconnect') {
+        // The server may be gone with the consumer: stop the old one before the library's own
+        // reset runs on reconnect, then make a new one.
+        generation++;
+        const previous = messages;
+        messages = undefined;
+        await previous?.close().catch(() => undefined);
+      } else if (s.type === 'reconnect') {
+        void reopen();
+      }
+    }
+  })().catch(() => undefined);
+
   const stop = async () => {
-    await messages.close().catch(() => undefined);
+    if (stopped) return;
+    stopped = true;
+    generation++;
+    // The status iterator of nats.js can be stopped (it is typed only as an AsyncIterable).
+    (status as { stop?: () => void }).stop?.();
+    wake?.();
+    await messages?.close().catch(() => undefined);
+    messages = undefined;
   };
   return {
     get invalid() {
@@ -77,9 +170,15 @@ export async function subscribeTraces(
     [Symbol.asyncDispose]: stop,
     async *[Symbol.asyncIterator]() {
       if (callback) throw new Error('this subscription delivers to its callback');
-      for await (const m of messages) {
-        const ev = parse(m.data);
-        if (ev) yield ev;
+      for (;;) {
+        const ev = queue.shift();
+        if (ev) {
+          yield ev;
+          continue;
+        }
+        if (stopped) return;
+        await new Promise<void>((r) => (wake = r));
+        wake = undefined;
       }
     },
   };
