@@ -1,8 +1,6 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { connect as connectNats } from '@nats-io/transport-node';
-import { defineActor } from '@reins/runtime';
-import { connectRuntime } from '../governed.js';
 import type { Result, Suite, SuiteContext } from '../types.js';
 
 // Memory of idle agents in one process, and the cold start of an actor process (spawn to its
@@ -11,29 +9,34 @@ import type { Result, Suite, SuiteContext } from '../types.js';
 
 const MiB = 1024 * 1024;
 
+/** RSS of a fresh process holding `count` idle agents (or, raw, `count` bare subscriptions). */
 async function idleMemory(
   ctx: SuiteContext,
   count: number,
 ): Promise<{ reins: number; raw: number }> {
-  ctx.gc();
-  const base = process.memoryUsage().rss;
-  const nc = await connectNats({ servers: ctx.natsUrl, noAsyncTraces: true });
-  for (let i = 0; i < count; i++) nc.subscribe(`bench.idle.${i}`, { callback: () => undefined });
-  await nc.flush();
-  ctx.gc();
-  const raw = process.memoryUsage().rss - base;
-  await nc.close();
-  ctx.gc();
-  const base2 = process.memoryUsage().rss;
-  const rt = await connectRuntime(ctx.natsUrl, `bench-idle-${count}`);
-  // Long heartbeats: idle agents, not a heartbeat storm.
-  for (let i = 0; i < count; i++)
-    await rt.start(defineActor({ role: 'idle', agentId: `idle${count}-${i}` }));
-  await rt.nc.flush();
-  ctx.gc();
-  const reins = process.memoryUsage().rss - base2;
-  await rt.close(1000);
-  return { reins, raw };
+  const script = (mode: 'raw' | 'reins') =>
+    mode === 'raw'
+      ? `import { connect } from '@nats-io/transport-node'; const nc = await connect({ servers: process.argv[1] }); for (let i = 0; i < ${count}; i++) nc.subscribe('bench.idle.' + i, { callback: () => {} }); await nc.flush(); globalThis.gc?.(); process.stdout.write(String(process.memoryUsage().rss)); await nc.close();`
+      : `import { Runtime, createLogger, defineActor } from '@reins/runtime'; const rt = await Runtime.connect({ servers: process.argv[1], logger: createLogger({ level: 'silent' }), ensureInfrastructure: false, heartbeatMs: 60000 }); for (let i = 0; i < ${count}; i++) await rt.start(defineActor({ role: 'idle', agentId: 'idle${count}-' + i })); await rt.nc.flush(); globalThis.gc?.(); process.stdout.write(String(process.memoryUsage().rss)); await rt.close(1000);`;
+  const measure = (mode: 'raw' | 'reins') =>
+    new Promise<number>((resolve, reject) => {
+      const child = spawn(
+        process.execPath,
+        ['--expose-gc', '--input-type=module', '-e', script(mode), ctx.natsUrl],
+        {
+          cwd: fileURLToPath(new URL('../..', import.meta.url)),
+          stdio: ['ignore', 'pipe', 'inherit'],
+        },
+      );
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.once('exit', (code) =>
+        code === 0
+          ? resolve(Number(out) || 0)
+          : reject(new Error(`${mode} idle process exited ${code}`)),
+      );
+    });
+  return { raw: await measure('raw'), reins: await measure('reins') };
 }
 
 const coldStartScript = (mode: 'raw' | 'reins') =>
@@ -70,7 +73,7 @@ async function run(ctx: SuiteContext): Promise<Result[]> {
   for (const count of sizes) {
     const m = await idleMemory(ctx, count);
     ctx.log(
-      `${count} idle agents: RSS +${(m.reins / MiB).toFixed(1)} MiB (raw subscriptions +${(m.raw / MiB).toFixed(1)} MiB)`,
+      `${count} idle agents: process RSS ${(m.reins / MiB).toFixed(1)} MiB (raw, bare subscriptions: ${(m.raw / MiB).toFixed(1)} MiB)`,
     );
     results.push({
       metric: `RSS of ${count} idle agents in one process`,
