@@ -51,6 +51,8 @@ export interface RuntimeOptions {
   /**
    * Dead-man switch: actors that declare `requireSupervisor` take no work when no supervisor
    * heartbeat was heard for this long (default 10 s; fail closed). `REINS_DEADMAN_MS` overrides.
+   * Keep it several supervisor heartbeat intervals long (2 s by default), or a live supervisor
+   * looks lost between two heartbeats.
    */
   supervisorDeadManMs?: number;
   /**
