@@ -74,3 +74,31 @@ export function median(values: readonly number[]): number {
   const hi = sorted[mid] ?? Number.NaN;
   return sorted.length % 2 ? hi : ((sorted[mid - 1] ?? Number.NaN) + hi) / 2;
 }
+
+/**
+ * Sequential latency of several sides, alternating between them every `chunk` operations (and
+ * reversing the order each turn): latency on these noisy 2-core machines swings 2–3× with the
+ * machine's state, so every side must sample the same moments. `op(side)` runs one operation.
+ */
+export async function interleavedLatency<S>(
+  sides: readonly S[],
+  iterations: number,
+  chunk: number,
+  op: (side: S) => Promise<unknown>,
+): Promise<Map<S, LatencySummary>> {
+  const samples = new Map(sides.map((side) => [side, new Samples(iterations)] as const));
+  for (let done = 0, turn = 0; done < iterations; done += chunk, turn++) {
+    const n = Math.min(chunk, iterations - done);
+    const order = turn % 2 === 0 ? sides : [...sides].reverse();
+    for (const side of order) {
+      const into = samples.get(side);
+      if (!into) continue;
+      for (let k = 0; k < n; k++) {
+        const start = process.hrtime.bigint();
+        await op(side);
+        into.add(start, process.hrtime.bigint());
+      }
+    }
+  }
+  return new Map([...samples].map(([side, s]) => [side, s.summary()] as const));
+}

@@ -7,7 +7,7 @@ import {
   type StepSide,
 } from '../chains.js';
 import { deploy, noopTool } from '../governed.js';
-import { Samples, type LatencySummary } from '../stats.js';
+import { interleavedLatency } from '../stats.js';
 import type { Result, Suite, SuiteContext } from '../types.js';
 
 interface Config {
@@ -22,28 +22,9 @@ const FULL: Config = { warmup: 500, iterations: 2000, rounds: 5 };
 /** Steps per side before switching to the next, so every side samples the same moments. */
 const CHUNK = 20;
 
-async function latency(
-  sides: readonly StepSide[],
-  iterations: number,
-  counter: { i: number },
-): Promise<Map<StepSide, LatencySummary>> {
-  const samples = new Map(sides.map((side) => [side, new Samples(iterations)] as const));
-  for (let done = 0, turn = 0; done < iterations; done += CHUNK, turn++) {
-    const n = Math.min(CHUNK, iterations - done);
-    const order = turn % 2 === 0 ? sides : [...sides].reverse();
-    for (const side of order) {
-      const into = samples.get(side);
-      if (!into) continue;
-      for (let k = 0; k < n; k++) {
-        const i = counter.i++;
-        const start = process.hrtime.bigint();
-        await side.step(i);
-        into.add(start, process.hrtime.bigint());
-      }
-    }
-  }
-  return new Map([...samples].map(([side, s]) => [side, s.summary()] as const));
-}
+/** Sequential governed steps, interleaved between the sides; `counter` numbers every step. */
+const latency = (sides: readonly StepSide[], iterations: number, counter: { i: number }) =>
+  interleavedLatency(sides, iterations, CHUNK, (side) => side.step(counter.i++));
 
 async function run(ctx: SuiteContext): Promise<Result[]> {
   const cfg = ctx.quick ? QUICK : FULL;

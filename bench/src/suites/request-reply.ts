@@ -3,7 +3,7 @@ import { encode } from '@reins/protocol';
 import { Runtime, createLogger, defineActor } from '@reins/runtime';
 import { z } from 'zod';
 import { compare } from '../compare.js';
-import { Samples, opsPerSecond, type LatencySummary } from '../stats.js';
+import { interleavedLatency, opsPerSecond } from '../stats.js';
 import type { Result, Suite, SuiteContext } from '../types.js';
 
 const Req = z.object({ runId: z.string(), n: z.number() });
@@ -103,31 +103,9 @@ async function closeAll(connections: NatsConnection[]): Promise<void> {
 /** Requests per side before switching to the other in the interleaved latency phase. */
 const CHUNK = 100;
 
-/**
- * Sequential round trips, one request in flight at a time, alternating between the sides every
- * `CHUNK` requests: sequential latency here swings 2–3× with the machine's state (2 noisy
- * cores), so both sides must sample the same moments.
- */
-async function latency(
-  sides: readonly Side[],
-  iterations: number,
-): Promise<Map<Side, LatencySummary>> {
-  const samples = new Map(sides.map((side) => [side, new Samples(iterations)] as const));
-  for (let done = 0, turn = 0; done < iterations; done += CHUNK, turn++) {
-    const n = Math.min(CHUNK, iterations - done);
-    const order = turn % 2 === 0 ? sides : [...sides].reverse();
-    for (const side of order) {
-      const into = samples.get(side);
-      if (!into) continue;
-      for (let i = 0; i < n; i++) {
-        const start = process.hrtime.bigint();
-        await side.request();
-        into.add(start, process.hrtime.bigint());
-      }
-    }
-  }
-  return new Map([...samples].map(([side, s]) => [side, s.summary()] as const));
-}
+/** Sequential round trips, one request in flight at a time, interleaved between the sides. */
+const latency = (sides: readonly Side[], iterations: number) =>
+  interleavedLatency(sides, iterations, CHUNK, (side) => side.request());
 
 /**
  * `total` requests with `concurrency` in flight at once: ops/s over the whole batch, and the
