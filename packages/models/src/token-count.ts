@@ -13,9 +13,33 @@ const TOOL_CALL_OVERHEAD_TOKENS = 8;
 const TOOLS_OVERHEAD_TOKENS = 12;
 const TOOL_OVERHEAD_TOKENS = 8;
 
+/**
+ * Counts of recently seen texts. A run's conversation is counted again at every step (the
+ * budget estimate), so without this a step's cost grows with its history. Bounded by the
+ * characters it holds; the oldest entries go first.
+ */
+const memo = new Map<string, number>();
+const MEMO_MAX_CHARS = 4_000_000;
+const MEMO_MIN_CHARS = 8;
+let memoChars = 0;
+
 /** Tokens in `text` (o200k_base). Never throws on special-token-like text. */
 export function countTextTokens(text: string): number {
-  return text.length === 0 ? 0 : countTokens(text, PLAIN);
+  if (text.length === 0) return 0;
+  if (text.length < MEMO_MIN_CHARS || text.length > MEMO_MAX_CHARS / 8) {
+    return countTokens(text, PLAIN);
+  }
+  const known = memo.get(text);
+  if (known !== undefined) return known;
+  const n = countTokens(text, PLAIN);
+  memo.set(text, n);
+  memoChars += text.length;
+  for (const key of memo.keys()) {
+    if (memoChars <= MEMO_MAX_CHARS) break;
+    memo.delete(key);
+    memoChars -= key.length;
+  }
+  return n;
 }
 
 /** `text` cut to at most `maxTokens` tokens. */

@@ -11,6 +11,7 @@ import {
   ActRequest,
   AuthorizeRequest,
   Buckets,
+  ConflictError,
   Decision,
   HaltedError,
   PausedError,
@@ -50,7 +51,7 @@ import {
   type Runtime,
   type WorkContext,
 } from '@reins/runtime';
-import { RunStateStore, type RunState } from './run-state.js';
+import { RunStateStore, type RunState, type StoredState } from './run-state.js';
 
 /** The tool a planner offers for delegating a sub-goal to another role as a child run. */
 export const DELEGATE_TOOL = 'delegate';
@@ -149,6 +150,13 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
       },
     });
   }
+
+  // What a planner remembers between steps of a run (bounded; oldest dropped first). The run
+  // record's fields a step uses (goal, input, budget, role, tenant) never change, and whether the
+  // run is still live is the supervisor's call at authorize and act. The state is the one this
+  // planner last wrote: a stale revision fails the lease CAS, and the step then reads it afresh.
+  const runCache = new BoundedMap<string, RunRecord>(CACHE_RUNS);
+  const stateCache = new BoundedMap<string, StoredState>(CACHE_RUNS);
 
   const jsm = await jetstreamManager(runtime.nc);
   const durable = `planner-${role}`;
@@ -258,11 +266,13 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
       } else if (err instanceof ReinsError && (err.code === 'HALTED' || err.code === 'PAUSED')) {
         // Halted or paused for the run: done (resume re-enqueues). For this agent, its role or
         // everything: keep the task for later (or for another planner) — nothing is lost.
+        // The supervisor's refusals for the run itself name it (`details.runId`).
         const scope = err.details?.['scope'];
         const runScoped =
-          typeof scope === 'object' &&
-          scope !== null &&
-          (scope as { kind?: unknown }).kind === 'run';
+          err.details?.['runId'] === task.runId ||
+          (typeof scope === 'object' &&
+            scope !== null &&
+            (scope as { kind?: unknown }).kind === 'run');
         if (runScoped) reply = () => m.ack();
         else reply = () => m.nak(5000);
       } else if (err instanceof ReinsError && err.details?.['reason'] === 'supervisor_lost') {
@@ -295,13 +305,31 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
 
   /** Lets another planner take the run at once (after a halt, pause or failure of this step). */
   async function releaseLease(runId: string, agentId: string): Promise<void> {
+    stateCache.delete(runId);
     try {
       const { state, revision } = await store.load(runId);
       if (state.owner !== agentId || state.done) return;
-      await store.save({ ...state, owner: undefined, leaseUntil: undefined }, revision);
+      await save({ ...state, owner: undefined, leaseUntil: undefined }, revision);
     } catch {
       // best effort: the lease expires anyway
     }
+  }
+
+  /** The run record from the supervisor (fresh). */
+  function fetchRun(runId: string, ctx: WorkContext): Promise<RunRecord> {
+    return runtime.request(
+      subjects.runsGet,
+      RunGetRequest,
+      RunRecord,
+      { runId },
+      { signal: ctx.signal },
+    );
+  }
+
+  /** Drops what this planner remembers of a run (it ended, or someone else may write it). */
+  function forget(runId: string): void {
+    runCache.delete(runId);
+    stateCache.delete(runId);
   }
 
   async function endRun(
@@ -325,48 +353,58 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
   /** One governed step of a run. */
   async function step(a: Actor, task: Task, ctx: WorkContext): Promise<void> {
     const runId = task.runId;
-    const run = await runtime.request(
-      subjects.runsGet,
-      RunGetRequest,
-      RunRecord,
-      { runId },
-      { signal: ctx.signal },
-    );
-    if (run.status === 'halted') throw new Suspend();
-    if (run.status === 'paused') throw new Suspend();
-    if (run.status === 'completed' || run.status === 'stopped' || run.status === 'failed') return;
+    let run = runCache.get(runId);
+    if (!run) {
+      run = await fetchRun(runId, ctx);
+      if (run.status === 'halted' || run.status === 'paused') throw new Suspend();
+      if (isEnded(run)) return;
+      runCache.set(runId, run);
+    }
 
     // Claim the run (one planner at a time); a crashed holder's lease expires.
-    let { state, revision } = await store.load(runId);
-    if (state.done) {
-      // The final answer is persisted but the run is not recorded as ended (the supervisor was
-      // unreachable right after): record it now, from the stored answer.
-      const last = state.history.at(-1);
-      if (last?.role === 'assistant') {
-        await endRun(a, runId, 'completed', { answer: last.content ?? '' });
+    let state: RunState;
+    let revision: number;
+    for (let attempt = 0; ; attempt++) {
+      const cached = attempt === 0 ? stateCache.get(runId) : undefined;
+      ({ state, revision } = cached ?? (await store.load(runId)));
+      if (state.done) {
+        // The final answer is persisted but the run is not recorded as ended (the supervisor
+        // was unreachable right after): record it now, from the stored answer.
+        const last = state.history.at(-1);
+        if (last?.role === 'assistant') {
+          await endRun(a, runId, 'completed', { answer: last.content ?? '' });
+        }
+        forget(runId);
+        return;
       }
-      return;
-    }
-    // Tasks enqueued by planners carry the number of steps done when they were enqueued; one
-    // that is behind the state is a stale duplicate. Tasks from the supervisor (step 0: start,
-    // resume) mean "continue from wherever the run is".
-    if (task.step > 0 && state.step > task.step) {
-      // The step this task asked for is done. Make sure its successor was enqueued: a step
-      // whose save landed but whose reply was lost (NATS restart) never got to enqueue it.
-      // JetStream dedupes by message id, so this is a no-op when it was.
-      if (!state.pending && !(state.owner && (state.leaseUntil ?? 0) > Date.now())) {
-        await enqueueNext(runId, state.step);
+      // Tasks enqueued by planners carry the number of steps done when they were enqueued; one
+      // that is behind the state is a stale duplicate. Tasks from the supervisor (step 0:
+      // start, resume) mean "continue from wherever the run is".
+      if (task.step > 0 && state.step > task.step) {
+        // The step this task asked for is done. Make sure its successor was enqueued: a step
+        // whose save landed but whose reply was lost (NATS restart) never got to enqueue it.
+        // JetStream dedupes by message id, so this is a no-op when it was.
+        if (!state.pending && !(state.owner && (state.leaseUntil ?? 0) > Date.now())) {
+          await enqueueNext(runId, state.step);
+        }
+        return;
       }
-      return;
+      const now = Date.now();
+      if (state.owner && state.owner !== a.agentId && (state.leaseUntil ?? 0) > now) {
+        // The holder may be alive (then it finishes the step) or crashed (then its lease runs
+        // out): either way this task comes back after the lease, and is stale or takes over.
+        throw new LeaseHeld((state.leaseUntil ?? now) - now + 250);
+      }
+      state = { ...state, owner: a.agentId, leaseUntil: now + leaseMs };
+      try {
+        revision = await save(state, revision);
+        break;
+      } catch (err) {
+        // Someone else wrote the state since this planner last did: read it afresh.
+        stateCache.delete(runId);
+        if (!cached || !(err instanceof ConflictError)) throw err;
+      }
     }
-    const now = Date.now();
-    if (state.owner && state.owner !== a.agentId && (state.leaseUntil ?? 0) > now) {
-      // The holder may be alive (then it finishes the step) or crashed (then its lease runs
-      // out): either way this task comes back after the lease, and is stale or takes over.
-      throw new LeaseHeld((state.leaseUntil ?? now) - now + 250);
-    }
-    state = { ...state, owner: a.agentId, leaseUntil: now + leaseMs };
-    revision = await store.save(state, revision);
 
     const model = typeof options.model === 'function' ? options.model(run) : options.model;
     const stepNo = state.step + 1;
@@ -403,6 +441,15 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
             ? fromWireError(decision.error)
             : new PausedError('approval pending');
         trace('step.end', { step: stepNo, denied: err.code, rule: decision.rule });
+        if (decision.rule === 'run.not_live' || decision.rule === 'run.unknown') {
+          // The run ended, or was halted or paused, since this planner cached its record.
+          forget(runId);
+          await releaseLease(runId, a.agentId);
+          const fresh = await fetchRun(runId, ctx);
+          if (isEnded(fresh) || fresh.status === 'halted' || fresh.status === 'paused')
+            throw new Suspend();
+          throw err;
+        }
         if (decision.decision === 'pending') throw new Suspend();
         if (err.code === 'HALTED' || err.code === 'PAUSED') throw err;
         const isStepCap = err.code === 'BUDGET_EXCEEDED' && err.details?.['dimension'] === 'steps';
@@ -410,9 +457,11 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
           stopReason: isStepCap ? 'STEP_CAP' : (STOP_BY_CODE[err.code] ?? 'ERROR'),
           error: toWireError(err),
         });
-        await store
-          .save({ ...state, done: true, owner: undefined, leaseUntil: undefined }, revision)
-          .catch(() => undefined);
+        await save(
+          { ...state, done: true, owner: undefined, leaseUntil: undefined },
+          revision,
+        ).catch(() => undefined);
+        forget(runId);
         return;
       }
       const grant = decision.grant;
@@ -473,6 +522,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         );
         trace('step.end', { step: stepNo, final: true });
         await endRun(a, runId, 'completed', { answer });
+        forget(runId);
         return;
       }
       pending = { step: stepNo, assistant: result.message, results: {} };
@@ -522,10 +572,15 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
     });
   }
 
+  /** Writes the run state (CAS on `revision`) and remembers it for the run's next step. */
   async function save(state: RunState, revision: number): Promise<number> {
     try {
-      return await store.save(state, revision);
+      const next = await store.save(state, revision);
+      if (state.done) forget(state.runId);
+      else stateCache.set(state.runId, { state, revision: next });
+      return next;
     } catch (err) {
+      stateCache.delete(state.runId);
       if (!(err instanceof PayloadTooLargeError)) throw err;
       // History too large for one KV value: keep the most recent half and retry.
       const keep = Math.max(4, Math.floor(state.history.length / 2));
@@ -714,6 +769,29 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
   }
 
   return actor;
+}
+
+/** Runs (records and states) a planner remembers between steps. */
+const CACHE_RUNS = 10_000;
+
+/** A Map that forgets its oldest entries beyond `max`. */
+class BoundedMap<K, V> extends Map<K, V> {
+  constructor(private readonly max: number) {
+    super();
+  }
+  override set(key: K, value: V): this {
+    this.delete(key);
+    super.set(key, value);
+    if (this.size > this.max) {
+      const oldest = this.keys().next();
+      if (!oldest.done) this.delete(oldest.value);
+    }
+    return this;
+  }
+}
+
+function isEnded(run: RunRecord): boolean {
+  return run.status === 'completed' || run.status === 'stopped' || run.status === 'failed';
 }
 
 function parseCall(c: { id: string; name: string; arguments: string }): ParsedToolCall {

@@ -15,38 +15,51 @@ const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsTyp
 /**
  * Checks that a decoded value is plain data: null, booleans, finite numbers, strings, byte
  * arrays, arrays and plain objects, at most `MAX_DEPTH` deep, with no prototype-polluting keys.
- * Extension types (Error, RegExp, Set, Date…) and non-finite numbers are refused.
+ * Extension types (Error, RegExp, Set, Date…) and non-finite numbers are refused. The path of
+ * the offending value is only spelled out when there is one (this runs on every message).
  */
-function assertPlain(value: unknown, path: string, depth: number): void {
-  if (depth > MAX_DEPTH)
-    throw new ProtocolError(`payload nested deeper than ${MAX_DEPTH} at ${path}`);
-  if (value === null || value === undefined) return;
-  switch (typeof value) {
-    case 'string':
-    case 'boolean':
-      return;
-    case 'number':
-      if (!Number.isFinite(value)) throw new ProtocolError(`non-finite number at ${path}`);
-      return;
-    case 'object': {
-      if (value instanceof Uint8Array) return;
-      if (Array.isArray(value)) {
-        for (let i = 0; i < value.length; i++) assertPlain(value[i], `${path}[${i}]`, depth + 1);
+function assertPlain(value: unknown, name: string): void {
+  const path: (string | number)[] = [];
+  const fail = (what: string): never => {
+    let at = name;
+    for (const p of path) at += typeof p === 'number' ? `[${p}]` : `.${p}`;
+    throw new ProtocolError(what.replace('%s', at));
+  };
+  const walk = (v: unknown, depth: number): void => {
+    if (depth > MAX_DEPTH) fail(`payload nested deeper than ${MAX_DEPTH} at %s`);
+    if (v === null || v === undefined) return;
+    switch (typeof v) {
+      case 'string':
+      case 'boolean':
+        return;
+      case 'number':
+        if (!Number.isFinite(v)) fail('non-finite number at %s');
+        return;
+      case 'object': {
+        if (v instanceof Uint8Array) return;
+        if (Array.isArray(v)) {
+          for (let i = 0; i < v.length; i++) {
+            path.push(i);
+            walk(v[i], depth + 1);
+            path.pop();
+          }
+          return;
+        }
+        const proto: unknown = Object.getPrototypeOf(v);
+        if (proto !== Object.prototype && proto !== null) fail('unsupported value type at %s');
+        for (const key of Object.keys(v)) {
+          if (FORBIDDEN_KEYS.has(key)) fail(`forbidden key "${key}" at %s`);
+          path.push(key);
+          walk((v as Record<string, unknown>)[key], depth + 1);
+          path.pop();
+        }
         return;
       }
-      const proto: unknown = Object.getPrototypeOf(value);
-      if (proto !== Object.prototype && proto !== null) {
-        throw new ProtocolError(`unsupported value type at ${path}`);
-      }
-      for (const key of Object.keys(value)) {
-        if (FORBIDDEN_KEYS.has(key)) throw new ProtocolError(`forbidden key "${key}" at ${path}`);
-        assertPlain((value as Record<string, unknown>)[key], `${path}.${key}`, depth + 1);
-      }
-      return;
+      default:
+        fail(`unsupported ${typeof v} at %s`);
     }
-    default:
-      throw new ProtocolError(`unsupported ${typeof value} at ${path}`);
-  }
+  };
+  walk(value, 0);
 }
 
 function describeIssues(error: z.ZodError): string {
@@ -73,7 +86,7 @@ export function parse<S extends z.ZodType>(
   value: unknown,
   name = 'message',
 ): z.output<S> {
-  assertPlain(value, name, 0);
+  assertPlain(value, name);
   const result = schema.safeParse(value);
   if (!result.success) {
     throw new ProtocolError(`invalid ${name}: ${describeIssues(result.error)}`, {

@@ -25,6 +25,18 @@ export function assertId(value: unknown, what = 'id'): string {
   return value;
 }
 
+/** Random bytes drawn in blocks: one `randomBytes` call per 512 ids, not one per id. */
+let pool = Buffer.alloc(0);
+let poolAt = 0;
+function randomHex8(): string {
+  if (poolAt + 8 > pool.length) {
+    pool = randomBytes(4096);
+    poolAt = 0;
+  }
+  poolAt += 8;
+  return pool.toString('hex', poolAt - 8, poolAt);
+}
+
 let lastMs = 0;
 let counter = 0;
 
@@ -36,6 +48,6 @@ export function newId(prefix?: string): string {
   const now = Date.now();
   counter = now === lastMs ? counter + 1 : 0;
   lastMs = now;
-  const body = `${now.toString(36)}${counter.toString(36).padStart(3, '0')}${randomBytes(8).toString('hex')}`;
+  const body = `${now.toString(36)}${counter.toString(36).padStart(3, '0')}${randomHex8()}`;
   return prefix === undefined ? body : `${assertId(prefix, 'id prefix')}_${body}`;
 }

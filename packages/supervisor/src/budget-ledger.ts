@@ -358,6 +358,9 @@ function unavailable(what: string, cause: unknown): ReinsError {
   return new UnavailableError(`budget ledger unavailable: ${what}`, { cause });
 }
 
+/** Reserved grants a ledger remembers until their settle. */
+const GRANT_CACHE_SIZE = 10_000;
+
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -383,6 +386,7 @@ export class BudgetLedger {
   readonly #stream: string;
   readonly #subjectPrefix: string;
   readonly #cache = new Map<string, { doc: ScopeDoc; rev: number }>();
+  readonly #grantCache = new Map<string, { record: GrantRecord; rev: number }>();
   readonly #maxAttempts: number;
   readonly #casDeadlineMs: number;
   readonly #ring: number;
@@ -491,6 +495,7 @@ export class BudgetLedger {
       // Best effort; what cannot be rolled back now expires with its lease. When the grant id
       // turned out to be someone else's, their reservations stay.
       const c = await created;
+      this.#grantCache.delete(grantId);
       await this.#rollback(grantId, c.ok ? taken : wrote).catch(() => undefined);
       throw err;
     }
@@ -502,6 +507,7 @@ export class BudgetLedger {
       throw c.err;
     }
     if (refused) {
+      this.#grantCache.delete(grantId);
       await this.#rollback(grantId, taken);
       await this.#grants.delete(grantId).catch(() => undefined);
       return refused;
@@ -519,14 +525,23 @@ export class BudgetLedger {
   async settle(grantId: string, actual: z.input<typeof Usage>): Promise<SettleResult> {
     assertId(grantId, 'grantId');
     const amount = fromUsage(actual, 'actual usage');
-    let entry = await this.#getGrant(grantId);
+    const remembered = this.#grantCache.get(grantId);
+    this.#grantCache.delete(grantId);
+    let entry = remembered ?? (await this.#getGrant(grantId));
     if (!entry) return { settled: false, duplicate: false, reaped: false };
     if (entry.record.state === 'settled') return { settled: true, duplicate: true, reaped: false };
     let reaped = false;
-    for (const scope of entry.record.scopes) {
-      const applied = await this.#mutate<'dup' | 'ok' | 'reaped'>(scope, (doc) => {
+    // A remembered record may be stale (settled elsewhere): it is trusted only while the scopes
+    // still hold its reservation; otherwise the record is read afresh before anything counts.
+    let trusted = remembered === undefined;
+    const scopes = entry.record.scopes;
+    for (let i = 0; i < scopes.length; i++) {
+      const scope = scopes[i] as string;
+      const applied = await this.#mutate<'dup' | 'ok' | 'reaped' | 'unverified'>(scope, (doc) => {
         const current = doc ?? emptyDoc();
         if (current.settled.includes(grantId)) return { result: 'dup' };
+        if (!trusted && current.reservations[grantId] === undefined)
+          return { result: 'unverified' };
         const next = cloneDoc(current);
         const held = next.reservations[grantId] !== undefined;
         next.reservations = without(next.reservations, [grantId]);
@@ -536,6 +551,15 @@ export class BudgetLedger {
           next.settled.splice(0, next.settled.length - this.#ring);
         return { result: held ? 'ok' : 'reaped', write: next };
       });
+      if (applied === 'unverified') {
+        entry = await this.#getGrant(grantId);
+        if (!entry) return { settled: false, duplicate: false, reaped: false };
+        if (entry.record.state === 'settled')
+          return { settled: true, duplicate: true, reaped: false };
+        trusted = true;
+        i--;
+        continue;
+      }
       if (applied === 'reaped') reaped = true;
     }
     // Mark the grant settled; whoever wins this CAS reports the settle, others a duplicate.
@@ -738,7 +762,8 @@ export class BudgetLedger {
 
   async #createGrant(grantId: string, record: GrantRecord): Promise<number> {
     try {
-      await this.#grants.create(grantId, encoder.encode(JSON.stringify(record)));
+      const rev = await this.#grants.create(grantId, encoder.encode(JSON.stringify(record)));
+      this.#rememberGrant(grantId, { record, rev });
       return record.expiresAt;
     } catch (err) {
       if (!isCasConflict(err)) throw unavailable('cannot record the grant', err);
@@ -752,6 +777,18 @@ export class BudgetLedger {
       return existing.record.expiresAt; // a retry of the same reservation
     }
     throw new ConflictError(`grant id ${grantId} is already used`, { retryable: false });
+  }
+
+  /**
+   * Grants this ledger reserved, as written: the settle that usually follows (on this
+   * supervisor) skips a read. A stale entry only costs a failed CAS and a fresh read.
+   */
+  #rememberGrant(grantId: string, entry: { record: GrantRecord; rev: number }): void {
+    this.#grantCache.set(grantId, entry);
+    if (this.#grantCache.size > GRANT_CACHE_SIZE) {
+      const oldest = this.#grantCache.keys().next();
+      if (!oldest.done) this.#grantCache.delete(oldest.value);
+    }
   }
 
   async #getGrant(grantId: string): Promise<{ record: GrantRecord; rev: number } | null> {
