@@ -212,6 +212,30 @@ describe('BudgetLedger', () => {
     });
   });
 
+  it('counts a settle once when the reserving ledger hears it late, after it fell out of the ring', async () => {
+    // Ledger 0 reserves (and remembers the grant); ledger 1 settles it; many later settles
+    // push it out of the scope's ring of settled ids. A duplicate settle then reaching ledger 0
+    // must not count again from its remembered (stale) copy of the grant.
+    const runId = uid('late');
+    const scopes = budgetScopes({ runId });
+    const scope = `run.${runId}`;
+    await ledger(0).setCap(scope, { usd: 1000 });
+    const g = uid('g');
+    await ledger(0).reserve({ grantId: g, scopes, amount: { usd: 1 }, leaseMs: 60_000 });
+    expect(await ledger(1).settle(g, { usd: 1 })).toMatchObject({ duplicate: false });
+    for (let i = 0; i < 140; i++) {
+      const other = `${g}_${i}`;
+      await ledger(1).reserve({ grantId: other, scopes, amount: { usd: 0.01 }, leaseMs: 60_000 });
+      await ledger(1).settle(other, { usd: 0.01 });
+    }
+    expect(await ledger(0).settle(g, { usd: 1 })).toMatchObject({
+      settled: true,
+      duplicate: true,
+    });
+    const r = await ledger(2).get(scope);
+    expect(micros(r.committed.usd)).toBe(micros(1 + 140 * 0.01));
+  });
+
   it('treats a retried reserve as a no-op and a reused grant id as a conflict', async () => {
     const scope = `run.${uid('retry')}`;
     await ledger(0).setCap(scope, { usd: 1 });
