@@ -5,11 +5,32 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { RunRecord, RunStartRequest, createGrantSigner, type TraceEvent } from '@reins/protocol';
 import { Runtime, createLogger, subscribeTraces } from '@reins/runtime';
-import { createFileTools, createScriptedModel, researchScript, toolSpec } from '@reins/models';
+import {
+  createFileTools,
+  createScriptedModel,
+  defineTool,
+  researchScript,
+  toolSpec,
+} from '@reins/models';
 import { startSupervisor, type Supervisor } from '@reins/supervisor';
 import { startExecutor } from '@reins/executor';
 import { startNatsServer, type NatsServer } from '@reins/testing';
 import { startPlanner } from '@reins/planner';
+
+/** Tool executions by argument: a step whose tool runs twice shows up here. */
+const executions = new Map<number, number>();
+const countTool = defineTool({
+  name: 'count_step',
+  description: 'Counts its executions.',
+  input: z.object({ i: z.number().int() }),
+  output: z.object({ i: z.number().int() }),
+  effect: 'write',
+  idempotent: false,
+  run: ({ i }) => {
+    executions.set(i, (executions.get(i) ?? 0) + 1);
+    return { i };
+  },
+});
 
 const quiet = () => createLogger({ level: process.env['REINS_LOG_LEVEL'] ?? 'silent' });
 
@@ -37,6 +58,7 @@ describe('a governed run in one process', () => {
         rules: [
           { id: 'files.read', match: { tool: 'read_file' }, effect: 'allow' },
           { id: 'files.list', match: { tool: 'list_files' }, effect: 'allow' },
+          { id: 'count', match: { tool: 'count_step' }, effect: 'allow' },
           {
             id: 'files.write',
             match: { tool: 'write_file' },
@@ -47,7 +69,10 @@ describe('a governed run in one process', () => {
       },
     });
     const files = createFileTools({ root: dir });
-    await startExecutor(rt, { tools: files.tools, trustedIssuers: [signer.publicKey] });
+    await startExecutor(rt, {
+      tools: [...files.tools, countTool],
+      trustedIssuers: [signer.publicKey],
+    });
     // Two planners share the task queue: consecutive steps of a run may land on either.
     for (let i = 0; i < 2; i++) {
       await startPlanner(rt, {
@@ -136,5 +161,54 @@ describe('a governed run in one process', () => {
     });
     expect(rec.stopReason).toBe('STEP_CAP');
     expect(rec.used.steps).toBe(1);
+  });
+
+  it('runs a long run across two planners taking turns: every step and every tool call once', async () => {
+    // Consecutive steps land on either planner, so each one often resumes from state the other
+    // wrote since it last saw the run (its remembered copy is stale and must be re-read).
+    const steps = 24;
+    for (let i = 0; i < 2; i++) {
+      await startPlanner(rt, {
+        role: 'counter',
+        agentId: `counter-${i}`,
+        concurrency: 1,
+        model: createScriptedModel({
+          respond: (_c, ctx) =>
+            ctx.turn + 1 >= steps
+              ? { content: 'counted' }
+              : { toolCalls: [{ name: 'count_step', args: { i: ctx.turn } }] },
+        }),
+        tools: [toolSpec(countTool)],
+      });
+    }
+    const run = await rt.request(rt.subjects.runsStart, RunStartRequest, RunRecord, {
+      goal: 'Count',
+      role: 'counter',
+      budget: { steps: steps + 5 },
+    });
+    const events: TraceEvent[] = [];
+    await using _sub = await subscribeTraces(
+      rt,
+      { runId: run.runId },
+      { callback: (e) => events.push(e) },
+    );
+    await expect
+      .poll(() => events.some((e) => e.event === 'run.end'), { timeout: 60_000, interval: 100 })
+      .toBe(true);
+    const rec = await rt.request(rt.subjects.runsGet, z.object({ runId: z.string() }), RunRecord, {
+      runId: run.runId,
+    });
+    expect(rec.status).toBe('completed');
+    expect(rec.answer).toBe('counted');
+    expect(rec.used.steps).toBe(steps);
+    expect([...executions.entries()].sort((a, b) => a[0] - b[0])).toEqual(
+      Array.from({ length: steps - 1 }, (_, i) => [i, 1]),
+    );
+    const starts = events.filter((e) => e.event === 'step.start');
+    expect(starts.map((e) => e.data['step'])).toEqual(
+      Array.from({ length: steps }, (_, i) => i + 1),
+    );
+    // Both planners took part (the point of this test).
+    expect(new Set(starts.map((e) => e.agentId)).size).toBe(2);
   });
 });
