@@ -361,49 +361,50 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
       runCache.set(runId, run);
     }
 
-    // Claim the run (one planner at a time); a crashed holder's lease expires.
-    let state: RunState;
-    let revision: number;
-    for (let attempt = 0; ; attempt++) {
-      const cached = attempt === 0 ? stateCache.get(runId) : undefined;
-      ({ state, revision } = cached ?? (await store.load(runId)));
-      if (state.done) {
-        // The final answer is persisted but the run is not recorded as ended (the supervisor
-        // was unreachable right after): record it now, from the stored answer.
-        const last = state.history.at(-1);
-        if (last?.role === 'assistant') {
-          await endRun(a, runId, 'completed', { answer: last.content ?? '' });
-        }
-        forget(runId);
-        return;
+    // The state this planner wrote last is trusted for the task it enqueued itself (the step
+    // right after it); any other task reads the state afresh. Either way a stale copy cannot
+    // fork the run: every write below is a compare-and-set on the revision it was read at.
+    const remembered = stateCache.get(runId);
+    let { state, revision } =
+      remembered &&
+      task.step > 0 &&
+      remembered.state.step === task.step &&
+      !remembered.state.pending
+        ? remembered
+        : await store.load(runId);
+    if (state.done) {
+      // The final answer is persisted but the run is not recorded as ended (the supervisor was
+      // unreachable right after): record it now, from the stored answer.
+      const last = state.history.at(-1);
+      if (last?.role === 'assistant') {
+        await endRun(a, runId, 'completed', { answer: last.content ?? '' });
       }
-      // Tasks enqueued by planners carry the number of steps done when they were enqueued; one
-      // that is behind the state is a stale duplicate. Tasks from the supervisor (step 0:
-      // start, resume) mean "continue from wherever the run is".
-      if (task.step > 0 && state.step > task.step) {
-        // The step this task asked for is done. Make sure its successor was enqueued: a step
-        // whose save landed but whose reply was lost (NATS restart) never got to enqueue it.
-        // JetStream dedupes by message id, so this is a no-op when it was.
-        if (!state.pending && !(state.owner && (state.leaseUntil ?? 0) > Date.now())) {
-          await enqueueNext(runId, state.step);
-        }
-        return;
+      forget(runId);
+      return;
+    }
+    // Tasks enqueued by planners carry the number of steps done when they were enqueued; one
+    // that is behind the state is a stale duplicate. Tasks from the supervisor (step 0: start,
+    // resume) mean "continue from wherever the run is".
+    if (task.step > 0 && state.step > task.step) {
+      // The step this task asked for is done. Make sure its successor was enqueued: a step
+      // whose save landed but whose reply was lost (NATS restart) never got to enqueue it.
+      // JetStream dedupes by message id, so this is a no-op when it was.
+      if (!state.pending && !(state.owner && (state.leaseUntil ?? 0) > Date.now())) {
+        await enqueueNext(runId, state.step);
       }
-      const now = Date.now();
-      if (state.owner && state.owner !== a.agentId && (state.leaseUntil ?? 0) > now) {
-        // The holder may be alive (then it finishes the step) or crashed (then its lease runs
-        // out): either way this task comes back after the lease, and is stale or takes over.
-        throw new LeaseHeld((state.leaseUntil ?? now) - now + 250);
-      }
+      return;
+    }
+    const now = Date.now();
+    if (state.owner && state.owner !== a.agentId && (state.leaseUntil ?? 0) > now) {
+      // The holder may be alive (then it finishes the step) or crashed (then its lease runs
+      // out): either way this task comes back after the lease, and is stale or takes over.
+      throw new LeaseHeld((state.leaseUntil ?? now) - now + 250);
+    }
+    // The run is held (leased) while its tool calls run: the lease is written with the pending
+    // step. A step resumed after a crash takes the lease before running its tools again.
+    if (state.pending) {
       state = { ...state, owner: a.agentId, leaseUntil: now + leaseMs };
-      try {
-        revision = await save(state, revision);
-        break;
-      } catch (err) {
-        // Someone else wrote the state since this planner last did: read it afresh.
-        stateCache.delete(runId);
-        if (!cached || !(err instanceof ConflictError)) throw err;
-      }
+      revision = await save(state, revision);
     }
 
     const model = typeof options.model === 'function' ? options.model(run) : options.model;
@@ -414,6 +415,12 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
       data: Record<string, unknown>,
       ids: { spanId?: string; parentId?: string } = {},
     ) => a.trace(runId, event, data, { stepId, ...ids });
+
+    /** Another planner wrote the run's state since it was read here: it carries the run on. */
+    const superseded = () => {
+      forget(runId);
+      trace('step.end', { step: stepNo, superseded: true });
+    };
 
     let pending = state.pending;
     if (!pending || pending.step !== stepNo) {
@@ -508,7 +515,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
       if (result.toolCalls.length === 0) {
         const answer = result.message.content ?? '';
         const history = [...state.history, result.message];
-        await save(
+        const saved = await saveUnlessSuperseded(
           {
             ...state,
             step: stepNo,
@@ -520,14 +527,17 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
           },
           revision,
         );
+        if (saved === undefined) return superseded();
         trace('step.end', { step: stepNo, final: true });
         await endRun(a, runId, 'completed', { answer });
         forget(runId);
         return;
       }
       pending = { step: stepNo, assistant: result.message, results: {} };
-      state = { ...state, pending };
-      revision = await save(state, revision);
+      state = { ...state, pending, owner: a.agentId, leaseUntil: Date.now() + leaseMs };
+      const saved = await saveUnlessSuperseded(state, revision);
+      if (saved === undefined) return superseded();
+      revision = saved;
     }
 
     // Run every tool call of the step (again, after a crash: results are idempotent).
@@ -570,6 +580,19 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
     await runtime.js.publish(subjects.task(role), encode(Task, next), {
       msgID: `${runId}:${stepsDone}`,
     });
+  }
+
+  /** `save`, but `undefined` when another planner wrote the state since `revision`. */
+  async function saveUnlessSuperseded(
+    state: RunState,
+    revision: number,
+  ): Promise<number | undefined> {
+    try {
+      return await save(state, revision);
+    } catch (err) {
+      if (err instanceof ConflictError) return undefined;
+      throw err;
+    }
   }
 
   /** Writes the run state (CAS on `revision`) and remembers it for the run's next step. */

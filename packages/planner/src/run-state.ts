@@ -1,6 +1,7 @@
 import type { KV } from '@nats-io/kv';
 import { ConflictError, UnavailableError, assertId, decode, encode } from '@reins/protocol';
 import { ChatMessage } from '@reins/models';
+import { isCasConflict } from '@reins/runtime';
 import { z } from 'zod';
 
 /** A step whose model answer is persisted but whose tool calls may not all have run yet. */
@@ -68,7 +69,9 @@ export class RunStateStore {
         ? await this.#kv.create(this.#key(state.runId), data)
         : await this.#kv.update(this.#key(state.runId), data, revision);
     } catch (cause) {
-      throw new ConflictError(`run ${state.runId} state changed under us`, { cause });
+      if (isCasConflict(cause))
+        throw new ConflictError(`run ${state.runId} state changed under us`, { cause });
+      throw new UnavailableError('run state could not be written', { cause });
     }
   }
 }

@@ -18,6 +18,7 @@ export {
   ensureInfrastructure,
   ensureTraceStream,
   ensureTaskStream,
+  isCasConflict,
   openBucket,
 } from './infrastructure.js';
 export type { TraceRetention } from './infrastructure.js';

@@ -110,3 +110,14 @@ export async function ensureInfrastructure(
   await ensureTaskStream(jsm, subjects);
   await Promise.all(ALL_BUCKETS.map((b) => openBucket(nc, b)));
 }
+
+/**
+ * True when a KV `create`/`update` (or a JetStream publish with an expected sequence) failed
+ * because the key changed since it was read: a compare-and-set conflict, not an outage.
+ */
+export function isCasConflict(err: unknown): boolean {
+  if (typeof err !== 'object' || err === null) return false;
+  const code = (err as { code?: unknown }).code;
+  if (code === 10071 || code === 10164) return true;
+  return err instanceof Error && /wrong last sequence/i.test(err.message);
+}

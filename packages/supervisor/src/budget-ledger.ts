@@ -4,6 +4,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { z } from 'zod';
 import { Budget, Buckets, ReinsError, Usage, assertId, parse } from '@reins/protocol';
 import { ConflictError, ProtocolError, UnavailableError } from '@reins/protocol';
+import { isCasConflict } from '@reins/runtime';
 import { backoffDelay, sleep } from './backoff.js';
 
 // Ledger layout (JetStream KV, history 1, CAS on every write):
@@ -344,13 +345,6 @@ function fits(scope: string, doc: ScopeDoc, amount: Amount): Fit {
     }
   }
   return { ok: true };
-}
-
-function isCasConflict(err: unknown): boolean {
-  if (typeof err !== 'object' || err === null) return false;
-  const code = (err as { code?: unknown }).code;
-  if (code === 10071 || code === 10164) return true;
-  return err instanceof Error && /wrong last sequence/i.test(err.message);
 }
 
 function unavailable(what: string, cause: unknown): ReinsError {
