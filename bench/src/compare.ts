@@ -30,3 +30,13 @@ export function compare(
     rounds,
   };
 }
+
+/** Whether a ratio meets its target; `undefined` when there is none. */
+export function meetsTarget(r: {
+  better: Better;
+  ratio: number;
+  target?: number | undefined;
+}): boolean | undefined {
+  if (r.target === undefined) return undefined;
+  return r.better === 'lower' ? r.ratio <= r.target : r.ratio >= r.target;
+}
