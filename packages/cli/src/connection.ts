@@ -1,6 +1,8 @@
+import { statSync } from 'node:fs';
 import { hostname, userInfo } from 'node:os';
 import { connect, type ReinsClient } from '@reins/client';
-import { createLogger } from '@reins/runtime';
+import { createLogger, loadNkeySeed, nkeyConnection } from '@reins/runtime';
+import { CliError, ExitCode } from './errors.js';
 
 /** Options every command takes. */
 export interface CommonOptions {
@@ -10,6 +12,69 @@ export interface CommonOptions {
   json?: boolean;
   /** Who to act as in the audit log (`--as`); default `REINS_IDENTITY`, else the OS user. */
   as?: string;
+  /**
+   * File holding the nkey seed to connect with (`--nkey-file`, secure mode); default
+   * `REINS_NKEY_SEED_FILE`, else `REINS_NKEY_SEED`, else no credentials.
+   */
+  nkeyFile?: string;
+}
+
+/** The nkey seed a command connects with, and where it came from (never printed). */
+export interface CliCredentials {
+  seed: string;
+  /** `--nkey-file <path>`, `REINS_NKEY_SEED_FILE=<path>` or `REINS_NKEY_SEED`. */
+  source: string;
+  /** The seed file, when it came from one. */
+  file: string | undefined;
+}
+
+/**
+ * The credentials of a command, the way services find theirs: `--nkey-file`, else
+ * `REINS_NKEY_SEED_FILE` or `REINS_NKEY_SEED` (not both). Undefined when none is set. A missing
+ * or unreadable file, a value that is not a user seed (`SU…`) or both variables set is a
+ * configuration error (exit 2). A seed file that group or others may read gets a warning on
+ * stderr.
+ */
+export async function loadCredentials(options: CommonOptions): Promise<CliCredentials | undefined> {
+  const flag = options.nkeyFile;
+  const envFile = process.env['REINS_NKEY_SEED_FILE'] || undefined;
+  const envSeed = process.env['REINS_NKEY_SEED'] || undefined;
+  // An explicit flag wins over the environment (a shell may export the client seed).
+  const file = flag ?? envFile;
+  const source =
+    flag !== undefined
+      ? `--nkey-file ${flag}`
+      : envFile !== undefined
+        ? `REINS_NKEY_SEED_FILE=${envFile}`
+        : 'REINS_NKEY_SEED';
+  let seed: string | undefined;
+  try {
+    seed = await loadNkeySeed(flag !== undefined ? { file: flag } : { seed: envSeed, file });
+  } catch (cause) {
+    throw new CliError(`cannot use the nkey seed of ${source}: ${(cause as Error).message}`, {
+      exitCode: ExitCode.usage,
+      code: 'BAD_CREDENTIALS',
+      cause,
+      hint: 'point it at a user seed file (SU…) made by `reins keys init`, e.g. .reins/secure/client.nk',
+    });
+  }
+  if (seed === undefined) return undefined;
+  if (file !== undefined) warnIfReadableByOthers(file);
+  return { seed, source, file };
+}
+
+/** Seeds are credentials: say so when a seed file is readable beyond its owner. */
+function warnIfReadableByOthers(file: string): void {
+  try {
+    const mode = statSync(file).mode & 0o777;
+    if (mode & 0o077) {
+      process.stderr.write(
+        `reins: warning: nkey seed file ${file} is readable by group or others (mode ${mode.toString(8)}); run chmod 600 ${file}\n`,
+      );
+    }
+  } catch {
+    // It was just read; a race with its removal is not worth a warning.
+  }
 }
 
 /** The NATS URL a command uses: `--nats`, else `NATS_URL`, else the local default. */
@@ -34,16 +99,28 @@ export function cliIdentity(as?: string): string {
 }
 
 /**
- * Connects a client for one command. Runtime logs are silenced (stdout belongs to the
- * command's output; `--json` must stay parseable) unless `REINS_CLI_LOG_LEVEL` asks for them.
- * Throws `UnavailableError` when NATS cannot be reached.
+ * Connects a client for one command, with the nkey of `loadCredentials` when one is set
+ * (secure mode). Runtime logs are silenced (stdout belongs to the command's output; `--json`
+ * must stay parseable) unless `REINS_CLI_LOG_LEVEL` asks for them. Throws `UnavailableError`
+ * when NATS cannot be reached or refuses the credentials, a `CliError` (exit 2) on bad ones.
  */
 export async function openClient(options: CommonOptions): Promise<ReinsClient> {
+  return connectClient(options, await loadCredentials(options));
+}
+
+/** `openClient` with credentials already loaded (`loadCredentials`), or none. */
+export async function connectClient(
+  options: CommonOptions,
+  credentials: CliCredentials | undefined,
+): Promise<ReinsClient> {
   return connect({
     servers: natsUrl(options),
     name: 'reins-cli',
     identity: cliIdentity(options.as),
     logger: createLogger({ level: process.env['REINS_CLI_LOG_LEVEL'] ?? 'silent' }),
-    connection: { timeout: 3000 },
+    connection: {
+      timeout: 3000,
+      ...(credentials ? nkeyConnection(credentials.seed) : {}),
+    },
   });
 }

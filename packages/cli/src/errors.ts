@@ -17,20 +17,23 @@ export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 
 /**
  * An error meant for the person at the terminal: a message, an optional hint saying what to
- * do, and the exit code the process ends with.
+ * do, the exit code the process ends with, and for errors scripts may branch on a stable
+ * `code` (e.g. `KEYS_EXIST`), printed after the message.
  */
 export class CliError extends Error {
   override readonly name = 'CliError';
   readonly exitCode: ExitCode;
   readonly hint: string | undefined;
+  readonly code: string | undefined;
 
   constructor(
     message: string,
-    options: { exitCode?: ExitCode; hint?: string; cause?: unknown } = {},
+    options: { exitCode?: ExitCode; hint?: string; cause?: unknown; code?: string } = {},
   ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.exitCode = options.exitCode ?? ExitCode.error;
     this.hint = options.hint;
+    this.code = options.code;
   }
 }
 
@@ -43,16 +46,52 @@ const START_SUPERVISOR =
   'start one with `reins up` (a local swarm) or `node services/supervisor/dist/main.js`';
 
 /**
+ * True when NATS refused a publish or subscribe somewhere in `err`'s cause chain (nats.js's
+ * `PermissionViolationError`): in secure mode the user connected with may not do it.
+ */
+export function isPermissionError(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if (e.name === 'PermissionViolationError') return true;
+  }
+  return false;
+}
+
+/** True for nats.js's `AuthorizationError` (no, unknown or wrong credentials). */
+export function isAuthError(err: unknown): boolean {
+  return err instanceof Error && err.name === 'AuthorizationError';
+}
+
+/**
  * Turns any error into a `CliError` that says what to do: no responders on a supervisor
- * subject becomes "no supervisor answered on …", an unreachable NATS names the URL, bad
- * requests exit with 2. Unknown errors keep their message (exit 1).
+ * subject becomes "no supervisor answered on …", an unreachable NATS names the URL, refused
+ * credentials or permissions (secure mode) say which seed to use, bad requests exit with 2.
+ * Unknown errors keep their message (exit 1).
  */
 export function explainError(err: unknown, context: { natsUrl: string }): CliError {
   if (err instanceof CliError) return err;
+  if (isPermissionError(err)) {
+    return new CliError(`NATS refused: ${(err as Error).message}`, {
+      cause: err,
+      code: 'NATS_PERMISSION',
+      hint: 'in secure mode each nkey user may do only its role’s part (docs/secure-mode.md); the CLI connects as the client user (REINS_NKEY_SEED_FILE / --nkey-file)',
+    });
+  }
   if (err instanceof ReinsError) {
     const subject = typeof err.details?.['subject'] === 'string' ? err.details['subject'] : '';
     switch (err.code) {
       case 'UNAVAILABLE':
+        if (err.message.startsWith('cannot connect to NATS') && isAuthError(err.cause)) {
+          return new CliError(
+            `NATS at ${context.natsUrl} refused the credentials: ${(err.cause as Error).message}`,
+            {
+              cause: err,
+              code: 'NATS_AUTH',
+              hint:
+                'the server runs in secure mode (docs/secure-mode.md): connect with the client ' +
+                'seed, e.g. REINS_NKEY_SEED_FILE=.reins/secure/client.nk or --nkey-file <file>',
+            },
+          );
+        }
         if (err.message.startsWith('cannot connect to NATS')) {
           return new CliError(`cannot connect to NATS at ${context.natsUrl}`, {
             cause: err,

@@ -39,7 +39,8 @@ try {
       .find((u) => u !== undefined);
     const e = explainError(err, { natsUrl: natsUrl(nats !== undefined ? { nats } : {}) });
     const s = createStyle(process.stderr);
-    process.stderr.write(`${s.red('reins: error:')} ${e.message}\n`);
+    const code = e.code ? ` ${s.dim(`[${e.code}]`)}` : '';
+    process.stderr.write(`${s.red('reins: error:')} ${e.message}${code}\n`);
     if (e.hint) process.stderr.write(`${s.dim('  what to do:')} ${e.hint}\n`);
     if (process.env['REINS_DEBUG'] && err instanceof Error)
       process.stderr.write(`${err.stack ?? ''}\n`);

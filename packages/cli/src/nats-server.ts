@@ -1,6 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { CliError, ExitCode } from './errors.js';
@@ -51,6 +51,11 @@ export interface LocalNatsOptions {
   readyTimeoutMs?: number;
   /** Receives each line nats-server logs after it is ready. */
   onLog?: (line: string) => void;
+  /**
+   * nats-server configuration text (e.g. the secure-mode `authorization` block), loaded with
+   * `-c`; the command-line address, port and store still apply.
+   */
+  config?: string;
 }
 
 /** A nats-server with JetStream on a temp store, owned by this process. */
@@ -75,11 +80,13 @@ const LISTENING = /Listening for client connections on [^\s]*:(\d+)/;
 export async function startLocalNats(options: LocalNatsOptions): Promise<LocalNats> {
   const storeDir = await mkdtemp(join(tmpdir(), 'reins-nats-'));
   const port = options.port ?? -1;
-  const child = spawn(
-    options.bin,
-    ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', storeDir],
-    { stdio: ['ignore', 'pipe', 'pipe'], detached: true },
-  );
+  const args = ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', storeDir];
+  if (options.config !== undefined) {
+    const file = join(storeDir, 'reins-up.conf');
+    await writeFile(file, options.config, { mode: 0o600 });
+    args.push('-c', file);
+  }
+  const child = spawn(options.bin, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   const killOnExit = () => child.kill('SIGKILL');
   process.once('exit', killOnExit);
   let tail = '';

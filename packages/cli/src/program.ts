@@ -12,6 +12,8 @@ import { budgetCommand } from './commands/budget.js';
 import { controlCommand, type ControlAction, type ControlOptions } from './commands/control.js';
 import { doctorCommand } from './commands/doctor.js';
 import { keygenCommand } from './commands/keygen.js';
+import { keysInitCommand, type KeysInitOptions } from './commands/keys.js';
+import { DEFAULT_KEY_DIR } from './key-dir.js';
 import { newActorCommand, type NewActorOptions } from './commands/new-actor.js';
 import { psCommand, type PsOptions } from './commands/ps.js';
 import { runCommand, type RunOptions } from './commands/run.js';
@@ -50,10 +52,17 @@ const positive =
     return n;
   };
 
-function common(cmd: Command): Command {
-  return cmd
+function common(cmd: Command, options: { credentials?: boolean } = {}): Command {
+  cmd
     .option('--nats <url>', 'NATS server URL (default: $NATS_URL or nats://127.0.0.1:4222)')
     .option('--json', 'machine-readable JSON output');
+  if (options.credentials ?? true) {
+    cmd.option(
+      '--nkey-file <file>',
+      'nkey seed file to connect with in secure mode (default: $REINS_NKEY_SEED_FILE or $REINS_NKEY_SEED)',
+    );
+  }
+  return cmd;
 }
 
 function scoped(cmd: Command, action: ControlAction): Command {
@@ -93,15 +102,21 @@ Exit codes: 0 ok · 1 error · 2 bad usage or configuration · 3 run stopped (bu
 
 Quick start:
   reins up                                   # nats-server + supervisor + planner + executor
+  reins up --secure                          # the same, one nkey user per role (.reins/secure)
   export NATS_URL=<the URL it prints>        # in another terminal
   reins run "Read every document in docs/ and write a report to report.md" --follow
   reins ps · reins runs · reins halt --all --reason "…" · reins doctor`,
     );
 
-  common(program.command('up'))
+  common(program.command('up'), { credentials: false })
     .description(
       'start a local swarm: nats-server (unless NATS_URL is set), a supervisor, planners and executors',
     )
+    .option(
+      '--secure',
+      'secure mode: nats-server with one nkey user per role, each service on its own seed (keys generated when missing)',
+    )
+    .option('--keys <dir>', `key directory of --secure (default ${DEFAULT_KEY_DIR})`)
     .option('--planners <n>', 'planner processes', int('--planners', 0, 64), 1)
     .option('--executors <n>', 'executor processes', int('--executors', 0, 64), 1)
     .option('--role <role>', 'role the planners serve', 'planner')
@@ -257,7 +272,40 @@ Quick start:
       setExitCode(await newActorCommand(name, opts)),
     );
 
-  common(program.command('keygen'))
+  const keys = program
+    .command('keys')
+    .description('secure-mode NATS credentials: one nkey user per role (docs/secure-mode.md)');
+  keys
+    .command('init')
+    .description(
+      'write one nkey seed per role (0600), the nats-server authorization block and an example nats.conf; print the env each service needs',
+    )
+    .option('--dir <dir>', 'key directory', DEFAULT_KEY_DIR)
+    .option(
+      '--prefix <prefix>',
+      'subject prefix (default: the recorded one, $REINS_PREFIX or reins.v1)',
+    )
+    .option(
+      '--planner-roles <roles>',
+      'comma-separated roles the planner user may serve (default: any)',
+    )
+    .option(
+      '--executor-roles <roles>',
+      'comma-separated roles the executor user may serve (default: any)',
+    )
+    .option(
+      '--keep-existing',
+      'keep existing seeds, generate only missing ones, rewrite the server config',
+    )
+    .option(
+      '--rotate <roles>',
+      'replace the seeds of these roles (comma-separated), keep the others',
+    )
+    .option('--force', 'replace every existing seed')
+    .option('--json', 'machine-readable JSON output')
+    .action(async (opts: KeysInitOptions) => setExitCode(await keysInitCommand(opts)));
+
+  common(program.command('keygen'), { credentials: false })
     .description('create a supervisor signing seed and print its public key')
     .action((opts: CommonOptions) => setExitCode(keygenCommand(opts)));
 

@@ -11,12 +11,15 @@ export interface CliResult {
 }
 
 function childEnv(env: Record<string, string | undefined>): NodeJS.ProcessEnv {
-  // The test decides what the CLI sees: no inherited NATS_URL, keys or colours.
+  // The test decides what the CLI sees: no inherited NATS_URL, keys, credentials or colours.
   const dropped = new Set([
     'NATS_URL',
     'FORCE_COLOR',
+    'REINS_PREFIX',
     'REINS_SUPERVISOR_SEED',
     'REINS_SUPERVISOR_SEED_FILE',
+    'REINS_NKEY_SEED',
+    'REINS_NKEY_SEED_FILE',
   ]);
   const merged = { ...process.env, NO_COLOR: '1', ...env };
   return Object.fromEntries(
@@ -66,6 +69,8 @@ export interface UpInfo {
   agents: string[];
   sandbox: string;
   publicKey: string;
+  /** With `--secure`: the key directory and the client's seed file. */
+  secure?: { keys: string; clientSeedFile: string; generated: boolean };
 }
 
 /** A running `reins up --json`; `ready` resolves with its ready line. */

@@ -2,7 +2,7 @@ import type { AuditEntry } from '@reins/protocol';
 import { readAudit, verifyAudit } from '@reins/supervisor';
 import type { ReinsClient } from '@reins/client';
 import { openClient, type CommonOptions } from '../connection.js';
-import { CliError, ExitCode } from '../errors.js';
+import { CliError, ExitCode, isPermissionError } from '../errors.js';
 import { createStyle, printJson, println, truncate } from '../output.js';
 
 /** Options of `reins audit tail`. */
@@ -12,6 +12,16 @@ export interface AuditTailOptions extends CommonOptions {
 }
 
 function auditReadError(cause: unknown): CliError {
+  if (isPermissionError(cause)) {
+    return new CliError(
+      'the NATS user of this command may not read the audit stream (REINS_AUDIT)',
+      {
+        cause,
+        code: 'NATS_PERMISSION',
+        hint: "in secure mode only the supervisor's user reads it: run with its seed, e.g. --nkey-file .reins/secure/supervisor.nk",
+      },
+    );
+  }
   return new CliError('cannot read the audit stream (REINS_AUDIT)', {
     cause,
     hint: 'a supervisor creates it on start: run `reins up` or check `reins doctor`',

@@ -1,7 +1,7 @@
 import type { ReinsClient } from '@reins/client';
 import { loadSigningKey } from '@reins/supervisor';
-import { natsUrl, openClient, type CommonOptions } from '../connection.js';
-import { CliError, ExitCode } from '../errors.js';
+import { connectClient, loadCredentials, natsUrl, type CommonOptions } from '../connection.js';
+import { CliError, ExitCode, explainError } from '../errors.js';
 import { INSTALL_NATS_HINT, findNatsServer, natsServerVersion } from '../nats-server.js';
 import { createStyle, printJson, println } from '../output.js';
 import { serviceMain } from '../swarm.js';
@@ -177,14 +177,26 @@ export async function runChecks(options: CommonOptions): Promise<Check[]> {
   const checks: Check[] = [nodeCheck(), natsServerCheck(), servicesCheck()];
   let client: ReinsClient | undefined;
   try {
-    client = await openClient(options);
-    checks.push({ name: 'nats', status: 'ok', detail: `NATS reachable at ${url}` });
-  } catch {
+    const credentials = await loadCredentials(options);
+    client = await connectClient(options, credentials);
+    checks.push({
+      name: 'nats',
+      status: 'ok',
+      detail: `NATS reachable at ${url}${credentials ? ` with the nkey of ${credentials.source}` : ''}`,
+    });
+  } catch (err) {
+    const explained = explainError(err, { natsUrl: url });
+    // Refused or unusable credentials: the server is there, the seed is the problem.
+    const credentialsProblem =
+      explained.code === 'NATS_AUTH' || explained.code === 'BAD_CREDENTIALS';
     checks.push({
       name: 'nats',
       status: 'fail',
-      detail: `cannot connect to NATS at ${url}`,
-      fix: 'start a local swarm with `reins up`, run `nats-server -js`, or set NATS_URL / --nats to a running server',
+      detail: credentialsProblem ? explained.message : `cannot connect to NATS at ${url}`,
+      fix:
+        credentialsProblem && explained.hint
+          ? explained.hint
+          : 'start a local swarm with `reins up`, run `nats-server -js`, or set NATS_URL / --nats to a running server',
     });
   }
   // With NATS reachable elsewhere, a missing local nats-server binary does not matter.

@@ -4,10 +4,11 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { ReinsClient } from '@reins/client';
-import { Heartbeat, createGrantSigner, decode } from '@reins/protocol';
+import { DEFAULT_PREFIX, Heartbeat, createGrantSigner, decode } from '@reins/protocol';
 import { loadPolicyFile, loadSigningKey } from '@reins/supervisor';
 import { natsUrl, openClient, type CommonOptions } from '../connection.js';
 import { CliError, ExitCode, explainError, usageError } from '../errors.js';
+import { DEFAULT_KEY_DIR, initKeyDir, readKeyDir, type KeyDir } from '../key-dir.js';
 import { formatLogLine } from '../log-line.js';
 import {
   INSTALL_NATS_HINT,
@@ -34,6 +35,10 @@ export interface UpOptions extends CommonOptions {
   logLevel?: string;
   /** Give up when the swarm is not ready after this many seconds (default 30). */
   readyTimeout?: number;
+  /** Secure mode: one nkey user per role (docs/secure-mode.md). */
+  secure?: boolean;
+  /** Key directory of `--secure` (default `.reins/secure`); generated when it holds no keys. */
+  keys?: string;
 }
 
 /**
@@ -108,6 +113,72 @@ function signingKey(): { env: Record<string, string>; publicKey: string; source:
   };
 }
 
+/** The keys of a secure swarm, and whether `reins up` just made them. */
+interface SecureSetup {
+  keys: KeyDir;
+  generated: boolean;
+}
+
+/**
+ * Finds (or, for the nats-server `reins up` starts, generates) the key directory of a secure
+ * swarm and checks it fits: its server config was written for this prefix and lets the planner
+ * and executor users serve the swarm's roles. Misfits are usage errors (exit 2) naming the
+ * `reins keys init` that repairs them; with an external NATS, missing keys are too (its
+ * server could not know freshly generated ones).
+ */
+async function prepareSecureKeys(
+  dirOption: string,
+  planners: string,
+  external: string | undefined,
+): Promise<SecureSetup> {
+  const dir = resolve(dirOption);
+  const prefix = process.env['REINS_PREFIX'] || DEFAULT_PREFIX;
+  let keys = await readKeyDir(dir);
+  let generated = false;
+  if (!keys) {
+    if (external) {
+      throw new CliError(`no secure-mode keys in ${dir} for the NATS server at ${external}`, {
+        exitCode: ExitCode.usage,
+        code: 'KEYS_MISSING',
+        hint: `create them with \`reins keys init --dir ${dir}\`, start that nats-server with ${dir}/reins-auth.conf, then run this again`,
+      });
+    }
+    // Least privilege for this swarm: the planner user serves its role, the executor user `executor`.
+    await initKeyDir({ dir, prefix, roles: { planner: [planners], executor: ['executor'] } });
+    keys = await readKeyDir(dir);
+    generated = true;
+    if (!keys) throw new CliError(`the keys written to ${dir} cannot be read back`);
+  }
+  const meta = keys.meta;
+  const mismatch = (message: string, fix: string) =>
+    new CliError(message, {
+      exitCode: ExitCode.usage,
+      code: 'KEYS_MISMATCH',
+      hint: `${fix} (then restart nats-servers that use ${dir}/reins-auth.conf)`,
+    });
+  if (meta && meta.prefix !== prefix) {
+    throw mismatch(
+      `the keys in ${dir} were made for the subject prefix ${meta.prefix}, this swarm uses ${prefix}`,
+      `set REINS_PREFIX=${meta.prefix}, or rewrite the server config: \`reins keys init --dir ${dir} --keep-existing --prefix ${prefix}\``,
+    );
+  }
+  const allowed = meta?.roles.planner;
+  if (allowed && !allowed.includes(planners)) {
+    throw mismatch(
+      `the keys in ${dir} let the planner user serve ${allowed.join(', ')}, not ${planners}`,
+      `allow it: \`reins keys init --dir ${dir} --keep-existing --planner-roles ${[...allowed, planners].join(',')}\``,
+    );
+  }
+  const executorRoles = meta?.roles.executor;
+  if (executorRoles && !executorRoles.includes('executor')) {
+    throw mismatch(
+      `the keys in ${dir} let the executor user serve ${executorRoles.join(', ')}, not executor`,
+      `allow it: \`reins keys init --dir ${dir} --keep-existing --executor-roles ${[...executorRoles, 'executor'].join(',')}\``,
+    );
+  }
+  return { keys, generated };
+}
+
 /** Resolves once every agent id in `expected` has heartbeated as running (or throws). */
 async function waitForAgents(
   client: ReinsClient,
@@ -144,7 +215,7 @@ async function waitForAgents(
           const missing = [...expected].filter((id) => !seen.has(id));
           reject(
             new CliError(
-              `the swarm did not come up within ${Math.round(timeoutMs / 1000)}s: no heartbeat from ${missing.join(', ')}`,
+              `the swarm did not come up in time (--ready-timeout): no heartbeat from ${missing.join(', ')}`,
               {
                 hint: 'see the service logs above; `reins doctor` checks the setup',
               },
@@ -166,6 +237,11 @@ async function waitForAgents(
  * coloured `[name]` prefix; prints the NATS_URL to use once every agent heartbeats; and on
  * Ctrl-C / SIGTERM stops the services (SIGTERM, wait), then nats-server. A second Ctrl-C
  * kills everything at once. Exit 0 after a requested stop; 1 when the swarm failed.
+ *
+ * With `--secure`, nats-server runs with the key directory's `reins-auth.conf` (the keys are
+ * generated first when the directory holds none), each service connects with its role's
+ * `REINS_NKEY_SEED_FILE`, the CLI with the client seed, and the supervisor (which alone may
+ * create the streams and buckets) is up before the planners and executors start.
  */
 export async function upCommand(options: UpOptions, signal: AbortSignal): Promise<ExitCode> {
   const style = createStyle();
@@ -175,6 +251,9 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
   const executors = count(options.executors, 'executors', 1);
   const role = requireId(options.role ?? 'planner', 'role');
   const external = options.nats ?? (process.env['NATS_URL'] || undefined);
+  if (options.keys !== undefined && !options.secure) {
+    throw usageError('--keys only applies with --secure', 'add --secure, or drop --keys');
+  }
   if (external && options.port !== undefined) {
     throw usageError(
       '--port only applies when `reins up` starts nats-server, but a NATS URL is set',
@@ -199,7 +278,17 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
     else
       println(`${style.byKey(name, `[${name}]`.padEnd(width + 2))} ${formatLogLine(line, style)}`);
   };
+  let secure: SecureSetup | undefined;
   try {
+    // Keys first: a directory that does not fit fails before anything is created or started.
+    if (options.secure) {
+      secure = await prepareSecureKeys(options.keys ?? DEFAULT_KEY_DIR, role, external);
+      if (secure.generated && !json) {
+        process.stderr.write(
+          errStyle.dim(`generated secure-mode keys in ${secure.keys.dir} (reins keys init)\n`),
+        );
+      }
+    }
     if (options.policy) {
       policyFile = resolve(options.policy);
       try {
@@ -232,6 +321,8 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
       await seedSandbox(sandbox);
     }
     const key = signingKey();
+    const seedEnv = (r: 'supervisor' | 'planner' | 'executor'): Record<string, string> =>
+      secure ? { REINS_NKEY_SEED_FILE: secure.keys.seedFiles[r] } : {};
 
     let url: string;
     let natsNote: string;
@@ -249,13 +340,17 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
       nats = await startLocalNats({
         bin,
         ...(options.port !== undefined ? { port: options.port } : {}),
+        ...(secure ? { config: secure.keys.authConfig } : {}),
         onLog: (line) => log('nats', line, 4),
       });
       url = nats.url;
-      natsNote = `nats-server ${natsServerVersion(bin) ?? ''} with JetStream, temp store ${nats.storeDir} (stops with the swarm)`;
+      natsNote = `nats-server ${natsServerVersion(bin) ?? ''} with JetStream${secure ? ' and nkey users' : ''}, temp store ${nats.storeDir} (stops with the swarm)`;
     }
     try {
-      client = await openClient({ nats: url });
+      client = await openClient({
+        nats: url,
+        ...(secure ? { nkeyFile: secure.keys.seedFiles.client } : {}),
+      });
     } catch (err) {
       throw explainError(err, { natsUrl: url });
     }
@@ -273,6 +368,7 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
         env: {
           ...common,
           ...key.env,
+          ...seedEnv('supervisor'),
           REINS_POLICY_FILE: policyFile,
           REINS_AGENT_ID: `supervisor-1${tag}`,
         },
@@ -282,6 +378,7 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
         service: 'planner' as const,
         env: {
           ...common,
+          ...seedEnv('planner'),
           REINS_ROLE: role,
           REINS_AGENT_ID: `${role}-${i + 1}${tag}`,
           // Offline runs still exercise USD budgets: price the scripted model like a small hosted one.
@@ -294,6 +391,7 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
         service: 'executor' as const,
         env: {
           ...common,
+          ...seedEnv('executor'),
           REINS_TRUSTED_ISSUERS: key.publicKey,
           REINS_SANDBOX_DIR: sandbox,
           REINS_AGENT_ID: `executor-${i + 1}${tag}`,
@@ -307,11 +405,11 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
     let ready = false;
     let allGone: (() => void) | undefined;
     const gone = new Promise<void>((r) => (allGone = r));
-    services = startServices(specs, {
-      onLog: (name, line) => {
+    const hooks = {
+      onLog: (name: string, line: string) => {
         log(name, line, width);
       },
-      onExit: (name, code, sig) => {
+      onExit: (name: string, code: number | null, sig: NodeJS.Signals | null) => {
         const how = sig ?? `code ${String(code)}`;
         if (!ready) {
           rejectFailed?.(
@@ -324,8 +422,9 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
         else println(style.red(`[${name}] exited (${how})`));
         if (services && services.alive().length === 0) allGone?.();
       },
-    });
-    const expected = new Set(specs.map((s) => s.env['REINS_AGENT_ID'] ?? s.name));
+    };
+    const idOf = (s: ServiceSpec) => s.env['REINS_AGENT_ID'] ?? s.name;
+    const expected = new Set(specs.map(idOf));
     const aborted = new Promise<never>((_, reject) => {
       const onAbort = () =>
         reject(new CliError('interrupted during start-up', { exitCode: ExitCode.interrupted }));
@@ -333,15 +432,24 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
       else signal.addEventListener('abort', onAbort, { once: true });
     });
     aborted.catch(() => undefined);
-    await waitForAgents(
-      client,
-      expected,
-      (options.readyTimeout ?? 30) * 1000,
-      Promise.race([failed, aborted]),
-      (id) => {
-        if (!json) process.stderr.write(errStyle.dim(`  ${id} is up\n`));
-      },
-    );
+    const deadline = Date.now() + (options.readyTimeout ?? 30) * 1000;
+    const onUp = (id: string) => {
+      if (!json) process.stderr.write(errStyle.dim(`  ${id} is up\n`));
+    };
+    // Secure mode: only the supervisor may create the streams and buckets the others need.
+    const waves = secure ? [specs.slice(0, 1), specs.slice(1)] : [specs];
+    for (const wave of waves) {
+      if (wave.length === 0) continue;
+      if (services) services.add(wave);
+      else services = startServices(wave, hooks);
+      await waitForAgents(
+        client,
+        new Set(wave.map(idOf)),
+        Math.max(0, deadline - Date.now()),
+        Promise.race([failed, aborted]),
+        onUp,
+      );
+    }
     ready = true;
     await client.close();
     client = undefined;
@@ -355,6 +463,15 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
       policy: policyNote,
       publicKey: key.publicKey,
       signingKey: key.source,
+      ...(secure
+        ? {
+            secure: {
+              keys: secure.keys.dir,
+              clientSeedFile: secure.keys.seedFiles.client,
+              generated: secure.generated,
+            },
+          }
+        : {}),
       startedInMs: Date.now() - started,
     };
     if (json) printJson(summary);
@@ -396,6 +513,7 @@ function printBanner(
     policy: string;
     publicKey: string;
     signingKey: string;
+    secure?: { keys: string; clientSeedFile: string; generated: boolean };
     startedInMs: number;
   },
   natsNote: string,
@@ -409,9 +527,16 @@ function printBanner(
   println(
     `  ${s.bold('grants')}     signed by ${info.publicKey.slice(0, 12)}… ${s.dim(`(${info.signingKey})`)}`,
   );
+  if (info.secure) {
+    const note = info.secure.generated
+      ? ` ${s.dim('(generated now; kept for the next start)')}`
+      : '';
+    println(`  ${s.bold('secure')}     one nkey user per role, keys in ${info.secure.keys}${note}`);
+  }
   println();
   println(`  In another terminal:`);
   println(`    export NATS_URL=${info.natsUrl}`);
+  if (info.secure) println(`    export REINS_NKEY_SEED_FILE=${info.secure.clientSeedFile}`);
   println(`    reins run "Read every document in docs/ and write a report to report.md" --follow`);
   println(`    reins ps`);
   println(s.dim('  Ctrl-C stops everything.'));
