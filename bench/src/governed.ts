@@ -1,3 +1,5 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import type { Subscription } from '@nats-io/transport-node';
 import { createGrantSigner, type GrantSigner, type RunRecord } from '@reins/protocol';
 import {
@@ -84,6 +86,85 @@ export interface Deployment {
   close(): Promise<void>;
 }
 
+/** A policy that allows exactly `tools`. */
+export function benchPolicy(tools: readonly AnyTool[]) {
+  return {
+    version: 1 as const,
+    rules: tools.map((t) => ({
+      id: `bench.${t.name}`,
+      match: { tool: t.name },
+      effect: 'allow' as const,
+    })),
+  };
+}
+
+/** A governed deployment whose roles run in their own processes. */
+export interface ProcessDeployment {
+  /** A runtime in this process for the benchmark's own requests. */
+  readonly client: Runtime;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts a supervisor, an executor and a planner pool (the loop model with `steps` steps per
+ * run, serving `taskRole`), each in its own Node process, as they run in production, and a
+ * client runtime here. Resolves once every process reported ready.
+ */
+export async function deployProcesses(
+  url: string,
+  options: { taskRole: string; steps: number; concurrency: number },
+): Promise<ProcessDeployment> {
+  const { seed } = createGrantSigner();
+  const script = fileURLToPath(new URL('./role-process.js', import.meta.url));
+  const children: ChildProcess[] = [];
+  const stopAll = async () => {
+    await Promise.all(
+      children.map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            if (c.exitCode !== null || c.signalCode !== null) return resolve();
+            const timer = setTimeout(() => c.kill('SIGKILL'), 10_000);
+            c.once('exit', () => {
+              clearTimeout(timer);
+              resolve();
+            });
+            c.kill('SIGTERM');
+          }),
+      ),
+    );
+  };
+  try {
+    // The supervisor first: it creates the streams and buckets the others use.
+    for (const role of ['supervisor', 'executor', 'planner'] as const) {
+      const child = spawn(
+        process.execPath,
+        [script, JSON.stringify({ role, url, seed, ...options })],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      children.push(child);
+      await new Promise<void>((resolve, reject) => {
+        let err = '';
+        child.stderr?.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-4000)));
+        child.stdout?.on('data', (d: Buffer) => {
+          if (d.toString().includes('ready')) resolve();
+        });
+        child.once('exit', (code) => reject(new Error(`bench ${role} exited (${code}): ${err}`)));
+      });
+    }
+    const client = await connectRuntime(url, 'bench-client');
+    return {
+      client,
+      close: async () => {
+        await client.close().catch(() => undefined);
+        await stopAll();
+      },
+    };
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+}
+
 /** Starts supervisors, an executor with `tools` and (optionally) a planner pool. */
 export async function deploy(url: string, options: DeployOptions): Promise<Deployment> {
   const runtimes: Runtime[] = [];
@@ -95,14 +176,7 @@ export async function deploy(url: string, options: DeployOptions): Promise<Deplo
   const supervisors: Supervisor[] = [];
   try {
     const { signer } = createGrantSigner();
-    const policy = {
-      version: 1 as const,
-      rules: options.tools.map((t) => ({
-        id: `bench.${t.name}`,
-        match: { tool: t.name },
-        effect: 'allow' as const,
-      })),
-    };
+    const policy = benchPolicy(options.tools);
     for (let i = 0; i < (options.supervisors ?? 1); i++) {
       supervisors.push(
         await startSupervisor(await rt(`bench-sv-${i}`), {

@@ -1,0 +1,62 @@
+import { grantSignerFromSeed } from '@reins/protocol';
+import { toolSpec } from '@reins/models';
+import { startExecutor } from '@reins/executor';
+import { startPlanner } from '@reins/planner';
+import { startSupervisor } from '@reins/supervisor';
+import { z } from 'zod';
+import { benchPolicy, connectRuntime, loopModel, noopTool } from './governed.js';
+
+/**
+ * One role of a governed deployment in its own process, as production runs them:
+ * `node bench/dist/role-process.js '<json>'` (see `RoleConfig`). Prints `ready` on stdout once
+ * its actor is started; exits on SIGTERM after closing its connection.
+ */
+export const RoleConfig = z.object({
+  role: z.enum(['supervisor', 'executor', 'planner']),
+  url: z.string(),
+  /** Grant signing seed (the supervisor signs with it, the executor trusts its public key). */
+  seed: z.string(),
+  /** Task role the planner serves. */
+  taskRole: z.string(),
+  /** Planner: steps per run of the loop model, and tasks at once. */
+  steps: z.number().int().positive(),
+  concurrency: z.number().int().positive(),
+});
+export type RoleConfig = z.infer<typeof RoleConfig>;
+
+async function main(): Promise<void> {
+  const cfg = RoleConfig.parse(JSON.parse(process.argv[2] ?? '{}'));
+  const signer = grantSignerFromSeed(cfg.seed);
+  const tool = noopTool();
+  const rt = await connectRuntime(cfg.url, `bench-${cfg.role}`);
+  let stop: () => Promise<unknown> = () => Promise.resolve();
+  if (cfg.role === 'supervisor') {
+    const sv = await startSupervisor(rt, {
+      signer,
+      policy: benchPolicy([tool]),
+      breakers: { maxSteps: 1_000_000, noProgress: { steps: 100_000 } },
+    });
+    stop = () => sv.stop();
+  } else if (cfg.role === 'executor') {
+    await startExecutor(rt, { tools: [tool], trustedIssuers: [signer.publicKey] });
+  } else {
+    await startPlanner(rt, {
+      role: cfg.taskRole,
+      model: loopModel({ tool: tool.name, steps: cfg.steps }),
+      tools: [toolSpec(tool)],
+      concurrency: cfg.concurrency,
+    });
+  }
+  process.stdout.write('ready\n');
+  process.once('SIGTERM', () => {
+    void stop()
+      .catch(() => undefined)
+      .then(() => rt.close())
+      .finally(() => process.exit(0));
+  });
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(1);
+});
