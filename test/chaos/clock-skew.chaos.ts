@@ -1,13 +1,19 @@
-// Clock skew, at the library level (the services have no clock injection): grant expiry as an
-// executor with a skewed clock sees it, and ledger leases written by a holder whose clock is off.
+// Clock skew, at the library level (the services have no clock injection; the supervisor's
+// wiring of the server clock is tested in packages/supervisor/test/supervisor-clock.int.test.ts):
+// grant expiry as an executor with a skewed clock sees it, and ledger leases written by a holder
+// whose clock is off — on its own clock (the ledger's contract, K8 before its fix) and through
+// the NATS server's clock, as supervisors write them now.
 import { describe, expect, it } from 'vitest';
 import { connect } from '@nats-io/transport-node';
-import { createGrantSigner, verifyGrant, type GrantBody } from '@reins/protocol';
+import { Buckets, createGrantSigner, verifyGrant, type GrantBody } from '@reins/protocol';
+import { ServerClock, openBucket } from '@reins/runtime';
 import { BudgetLedger } from '@reins/supervisor';
 import { startNatsServer } from '@reins/testing';
 
 const T0 = 1_750_000_000_000;
 const SKEW = 5_000;
+/** How far a server-clock reading may be from the real time (loopback: milliseconds). */
+const TOLERANCE = 1_000;
 
 describe('chaos: clock skew', () => {
   const { signer } = createGrantSigner();
@@ -54,7 +60,9 @@ describe('chaos: clock skew', () => {
     expect(check(T0, 60_000, T0 + 60_000, 30_000)).toBe('expired');
   });
 
-  it('leases: a reservation whose holder clock is 10 s off expires by the reaper clock, once', async () => {
+  it('leases on local clocks: a holder 10 s slow is reaped 10 s early, by the reaper clock, once', async () => {
+    // The ledger's contract: expiresAt is the holder's `now` + lease, compared with the reaper's
+    // `now`. With local clocks (supervisors before the K8 fix) a slow holder loses lease time.
     await using nats = await startNatsServer();
     const nc = await connect({ servers: nats.url });
     try {
@@ -108,6 +116,61 @@ describe('chaos: clock skew', () => {
       expect(scope.reservations).toBe(0);
       expect(scope.reserved.steps).toBe(0);
       expect(scope.committed.steps).toBe(3);
+    } finally {
+      await nc.close();
+    }
+  });
+  it('leases on the server clock: a supervisor 10 s slow writes leases no reaper returns early', async () => {
+    await using nats = await startNatsServer();
+    const nc = await connect({ servers: nats.url });
+    try {
+      // As the supervisor does: the probe key lives in the ledger's bucket.
+      const bucket = await openBucket(nc, Buckets.budget, { replicas: 1 });
+      const slowLocal = () => Date.now() - 10_000;
+      await using slowClock = await ServerClock.start(bucket, { localNow: slowLocal });
+      await using reaperClock = await ServerClock.start(bucket);
+      const slow = await BudgetLedger.open(nc, { now: () => slowClock.now() });
+      const reaper = await BudgetLedger.open(nc, { now: () => reaperClock.now() });
+      // The same slow machine on its own clock, as supervisors were before the fix.
+      const legacy = await BudgetLedger.open(nc, { now: slowLocal });
+      await reaper.setCap('run.skew', { steps: 2 });
+      // A lease shorter than the skew: the case K8 was about.
+      const lease = 5_000;
+      const reserve = (l: BudgetLedger, grantId: string) =>
+        l.reserve({ grantId, scopes: ['run.skew'], amount: { steps: 1 }, leaseMs: lease });
+      const before = Date.now();
+      const s = await reserve(slow, 'g-server');
+      const l = await reserve(legacy, 'g-local');
+      const after = Date.now();
+      if (!s.ok || !l.ok || s.expiresAt === null || l.expiresAt === null) {
+        throw new Error(`reservations refused: ${JSON.stringify({ s, l })}`);
+      }
+      // Through the server clock the lease ends `lease` from now, whatever the local clock says;
+      // on the local clock it ended 5 s ago.
+      expect(s.expiresAt).toBeGreaterThanOrEqual(before + lease - TOLERANCE);
+      expect(s.expiresAt).toBeLessThanOrEqual(after + lease + TOLERANCE);
+      expect(l.expiresAt).toBeLessThanOrEqual(after - 10_000 + lease);
+      // Both are held: the cap is full.
+      expect(await reserve(reaper, 'g-3')).toMatchObject({ ok: false, dimension: 'steps' });
+
+      // A reaper pass now (on the server clock) returns the local-clock lease at once — its
+      // grant still live — and leaves the server-clock lease alone.
+      expect((await reaper.reap()).map((r) => r.grantId)).toEqual(['g-local']);
+      expect(await reaper.reap(s.expiresAt - 1)).toEqual([]);
+      // At its end it is returned once, whichever reaper runs.
+      const end = await Promise.all([reaper.reap(s.expiresAt), slow.reap(s.expiresAt)]);
+      expect(end.flat().map((r) => r.grantId)).toEqual(['g-server']);
+
+      // Settles commit once; the cap holds.
+      expect(await slow.settle('g-server', { steps: 1 })).toMatchObject({
+        settled: true,
+        duplicate: false,
+        reaped: true,
+      });
+      expect(await legacy.settle('g-local', { steps: 1 })).toMatchObject({ reaped: true });
+      const scope = await reaper.get('run.skew');
+      expect(scope.reservations).toBe(0);
+      expect(scope.committed.steps).toBe(2);
     } finally {
       await nc.close();
     }

@@ -43,3 +43,4 @@ export type {
   SubjectPermissions,
 } from './secure-mode.js';
 export { CommaList, ServiceEnv, runService } from './service.js';
+export { ServerClock, type ServerClockOptions } from './server-clock.js';

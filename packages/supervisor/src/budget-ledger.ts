@@ -151,7 +151,10 @@ export interface BudgetLedgerOptions {
   settledRing?: number;
   /** KV replicas when the buckets are created (default 1). */
   replicas?: number;
-  /** Clock (default `Date.now`). */
+  /**
+   * Clock of reservation expiry, reaping and settle times (default `Date.now`). Every ledger on
+   * the same buckets must use the same clock: supervisors pass the NATS server's (`ServerClock`).
+   */
   now?: () => number;
 }
 

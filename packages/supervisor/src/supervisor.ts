@@ -46,6 +46,7 @@ import {
   listAgents,
   openBucket,
   scopeMatches,
+  ServerClock,
   type Actor,
   type Runtime,
 } from '@reins/runtime';
@@ -155,11 +156,28 @@ export async function startSupervisor(
 
   const jsm = await js.jetstreamManager();
   await ensureAuditStream(jsm, { prefix: subjects.prefix, replicas: defaultReplicas() });
+  // Ledger leases (reservation expiry and reaping) follow the NATS server's clock, which every
+  // supervisor shares, not this machine's: a slow local clock would otherwise write leases other
+  // reapers return while the grant is still live (K8). Fail closed: no measured clock, no start
+  // (the ledger needs the same JetStream anyway). The probe key lives in the ledger's bucket
+  // (created here as the ledger would): supervisors may write it in secure mode, and `clock` is
+  // not a scope key, so the ledger never reads it.
+  const clock = await ServerClock.start(await openBucket(nc, Buckets.budget), {
+    onError: (err) =>
+      logger.warn({ err }, 'cannot read the NATS server clock; keeping the last offset'),
+  });
+  if (Math.abs(clock.offsetMs) > 1_000) {
+    logger.warn(
+      { offsetMs: Math.round(clock.offsetMs), roundTripMs: clock.roundTripMs },
+      "this machine's clock is off from the NATS server's; budget leases use the server's clock",
+    );
+  }
   // Generous CAS retry bounds: under heavy contention a reservation waits rather than fails.
   const ledger = await BudgetLedger.open(nc, {
     maxAttempts: 1000,
     casDeadlineMs: 30_000,
     replicas: defaultReplicas(),
+    now: () => clock.now(),
   });
   const runs = new RunStore(await openBucket(nc, Buckets.runs));
   const runCacheMaxAgeMs = options.runCacheMaxAgeMs ?? 1000;
@@ -428,6 +446,7 @@ export async function startSupervisor(
       teardown: async () => {
         runs.stopWatch();
         await reaper.stop();
+        await clock.stop();
       },
       setup(a) {
         // ── runs.start: admission ────────────────────────────────────────────────────────
