@@ -24,9 +24,12 @@ export const BreakerConfig = z
     velocity: z
       .object({ usdPerMinute: z.number().positive(), windowMs: PositiveInt.default(60_000) })
       .optional(),
-    /** How many distinct observation hashes and action keys are remembered (default 1024 / 256). */
-    maxObservations: PositiveInt.max(100_000).default(1024),
-    maxActionKeys: PositiveInt.max(10_000).default(256),
+    /**
+     * How many distinct observation hashes and distinct actions are remembered (default 256 /
+     * 64). The state is written at every action: these bounds keep it at ~10 KB.
+     */
+    maxObservations: PositiveInt.max(100_000).default(256),
+    maxActionKeys: PositiveInt.max(10_000).default(64),
   })
   .strict();
 export type BreakerConfig = z.infer<typeof BreakerConfig>;
@@ -43,9 +46,12 @@ export type BreakerTrip = z.infer<typeof BreakerTrip>;
 export const BreakerState = z.object({
   startedAt: z.number().int().nonnegative(),
   steps: z.number().int().nonnegative(),
-  /** action key → times it was recorded within the repeat window (most recent last). */
+  /**
+   * action key (tool + argsHash prefix) → times it was recorded within the repeat window (most
+   * recent last); keys in order of last use, least recent first.
+   */
   actions: z.record(z.string(), z.array(z.number())),
-  /** Observation hashes seen, oldest first. */
+  /** Observation hashes seen (their first 16 hex digits), oldest first. */
   seen: z.array(z.string()),
   /** Observations in a row that brought nothing new. */
   stale: z.number().int().nonnegative(),
@@ -60,6 +66,15 @@ export const BreakerState = z.object({
   keys: z.array(z.string()).default([]),
 });
 export type BreakerState = z.infer<typeof BreakerState>;
+
+/**
+ * Hashes are kept by their first 16 hex digits (64 bits): plenty to tell a few hundred apart,
+ * a quarter of the bytes in the state written at every action.
+ */
+const HASH_CHARS = 16;
+
+/** Most recent idempotency keys remembered (retries come within a few steps). */
+const RECENT_KEYS = 64;
 
 /** What every `record…` function returns. */
 export interface BreakerResult {
@@ -131,30 +146,24 @@ export function recordAction(
   const recentKeys =
     action.idempotencyKey === undefined
       ? state.keys
-      : [...state.keys, action.idempotencyKey].slice(-config.maxActionKeys);
+      : [...state.keys, action.idempotencyKey].slice(-Math.min(RECENT_KEYS, config.maxActionKeys));
   const { now } = action;
   const steps = state.steps + 1;
-  const key = `${action.tool}:${action.argsHash}`;
+  const key = `${action.tool}:${action.argsHash.slice(0, HASH_CHARS)}`;
   const horizon = now - config.repeat.windowMs;
-  let actions: Record<string, number[]> = {};
-  for (const [k, times] of Object.entries(state.actions)) {
-    const kept = times.filter((t) => t > horizon);
-    if (kept.length > 0) actions[k] = kept;
+  // Only this action's times matter to detect its K-th repeat (the last K-1 within the window).
+  const times = [...(state.actions[key] ?? []).filter((t) => t > horizon), now].slice(
+    -config.repeat.k,
+  );
+  // Keys stay in order of last use (JSON keeps it): this one moves to the end, and the least
+  // recently used go first when there are too many. Linear in the number of keys, no sort.
+  const actions: Record<string, number[]> = {};
+  const names = Object.keys(state.actions).filter((k) => k !== key);
+  for (const k of names.slice(Math.max(0, names.length + 1 - config.maxActionKeys))) {
+    const kept = state.actions[k];
+    if (kept) actions[k] = kept;
   }
-  // Only the last K-1 times matter to detect the K-th repeat.
-  const times = [...(actions[key] ?? []), now].slice(-config.repeat.k);
   actions[key] = times;
-  const keys = Object.keys(actions);
-  if (keys.length > config.maxActionKeys) {
-    // Forget the keys whose last use is oldest.
-    const keep = new Set(
-      keys
-        .sort((a, b) => (actions[b]?.at(-1) ?? 0) - (actions[a]?.at(-1) ?? 0))
-        .slice(0, config.maxActionKeys),
-    );
-    keep.add(key);
-    actions = Object.fromEntries(Object.entries(actions).filter(([k]) => keep.has(k)));
-  }
   const next: BreakerState = { ...state, steps, actions, keys: recentKeys };
   const wall = wallTrip(next, now, config);
   if (wall) return result(next, wall);
@@ -184,10 +193,9 @@ export function recordObservation(
   config: BreakerConfig = DEFAULTS,
 ): BreakerResult {
   if (state.tripped) return { state, trip: state.tripped };
-  const isNew = !state.seen.includes(observation.hash);
-  const seen = isNew
-    ? [...state.seen, observation.hash].slice(-config.maxObservations)
-    : state.seen;
+  const hash = observation.hash.slice(0, HASH_CHARS);
+  const isNew = !state.seen.includes(hash);
+  const seen = isNew ? [...state.seen, hash].slice(-config.maxObservations) : state.seen;
   const stale = isNew ? 0 : state.stale + 1;
   const next: BreakerState = { ...state, seen, stale };
   const wall = wallTrip(next, observation.now, config);

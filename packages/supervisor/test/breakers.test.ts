@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { ProtocolError } from '@reins/protocol';
@@ -156,6 +157,40 @@ describe('breakers', () => {
       ),
       { numRuns: 100 },
     );
+  });
+});
+
+describe('breaker state size', () => {
+  it('stays small over a long run with the default bounds (it is written at every action)', () => {
+    const config = breakerConfig({ maxSteps: 1_000_000, noProgress: { steps: 100_000 } });
+    const hex = (i: number) => createHash('sha256').update(String(i)).digest('hex');
+    let state = initBreakerState(T0);
+    for (let i = 0; i < 5_000; i++) {
+      const now = T0 + i * 10;
+      let r = recordAction(
+        state,
+        { tool: 'read_file', argsHash: hex(i), now, idempotencyKey: `run_${hex(7)}.${i}.0` },
+        config,
+      );
+      expect(r.trip).toBeUndefined();
+      r = recordObservation(r.state, { hash: hex(i * 7), now }, config);
+      expect(r.trip).toBeUndefined();
+      state = r.state;
+    }
+    expect(state.steps).toBe(5_000);
+    expect(JSON.stringify(state).length).toBeLessThan(16_000);
+    // The most recent actions are the ones remembered: a repeat of the last one is detected.
+    let r = recordAction(
+      state,
+      { tool: 'read_file', argsHash: hex(4_999), now: T0 + 50_000 },
+      config,
+    );
+    r = recordAction(
+      r.state,
+      { tool: 'read_file', argsHash: hex(4_999), now: T0 + 50_001 },
+      config,
+    );
+    expect(r.trip?.breaker).toBe('repeat');
   });
 });
 
