@@ -1,3 +1,5 @@
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   ActRequest,
@@ -186,6 +188,138 @@ export async function rawChain(url: string, tag = 'raw'): Promise<StepSide> {
     },
     close: async () => {
       await closeAll([planner, supervisor, executor]);
+    },
+  };
+  await side.step(0);
+  return side;
+}
+
+/**
+ * Raw NATS doing the durable writes a governed step needs, and nothing else: no validation,
+ * policy, signing, hashing or logic — the floor that "audited and claimed before the effect"
+ * sets on this machine. Per step, as the supervisor and executor do them:
+ *
+ *   authorize: grant record create ∥ budget scope CAS, then audit publish (acked), reply;
+ *   settle:    grant record read, scope CAS, grant record update, audit publish (off the path);
+ *   act:       breaker CAS, audit publish (acked), forward → executor: idempotency create,
+ *              (no-op tool), idempotency update, reply; then a settle → breaker CAS.
+ *
+ * Pre-encoded payloads as in `rawChain`; KV values are small fixed bytes.
+ */
+export async function rawDurableChain(url: string, tag = 'durable'): Promise<StepSide> {
+  const p = stepPayloads();
+  const bytes = {
+    authorize: encode(AuthorizeRequest, p.authorize),
+    decision: encode(Decision, p.decision),
+    settle: encode(SettleRequest, p.settle),
+    act: encode(ActRequest, p.act),
+    execute: encode(ExecuteRequest, p.execute),
+    result: encode(ToolResult, p.result),
+    value: new TextEncoder().encode(JSON.stringify(p.settle)),
+  };
+  const opts = (name: string) => ({ servers: url, name, noAsyncTraces: true });
+  const planner = await connect(opts(`bench-${tag}-planner`));
+  const supervisor = await connect(opts(`bench-${tag}-supervisor`));
+  const executor = await connect(opts(`bench-${tag}-executor`));
+  const s = {
+    authorize: `bench.${tag}.authorize`,
+    settle: `bench.${tag}.settle`,
+    act: `bench.${tag}.act`,
+    exec: `bench.${tag}.exec`,
+    audit: `bench.${tag}.audit`,
+  };
+  const jsm = await jetstreamManager(supervisor);
+  const stream = `BENCH_${tag.toUpperCase()}_AUDIT`;
+  await jsm.streams.add({ name: stream, subjects: [`${s.audit}.>`] });
+  const svJs = jetstream(supervisor);
+  const svKv = await new Kvm(svJs).create(`bench_${tag}_sv`, { history: 1 });
+  const exKv = await new Kvm(jetstream(executor)).create(`bench_${tag}_ex`, { history: 1 });
+  const revisions = new Map<string, number>();
+  /** Compare-and-set on a key this process alone writes (its revision is remembered). */
+  const cas = async (key: string): Promise<void> => {
+    const rev = revisions.get(key);
+    revisions.set(
+      key,
+      rev === undefined
+        ? await svKv.put(key, bytes.value)
+        : await svKv.update(key, bytes.value, rev),
+    );
+  };
+  const audit = () => svJs.publish(`${s.audit}.sv`, bytes.settle);
+  let n = 0;
+  const fail = (err: unknown) => {
+    throw err;
+  };
+  supervisor.subscribe(s.authorize, {
+    queue: 'sv',
+    callback: (err, msg) => {
+      if (err) return;
+      const grant = `g${++n}`;
+      void Promise.all([svKv.create(grant, bytes.value), cas('scope')])
+        .then(audit)
+        .then(() => msg.respond(bytes.decision), fail);
+    },
+  });
+  supervisor.subscribe(s.settle, {
+    queue: 'sv',
+    callback: () => {
+      const grant = `g${n}`;
+      void svKv
+        .get(grant)
+        .then((e) =>
+          cas('scope').then(() => svKv.update(grant, bytes.value, e?.revision ?? 0).catch(() => 0)),
+        )
+        .then(audit, fail);
+    },
+  });
+  supervisor.subscribe(`${s.settle}.tool`, {
+    queue: 'sv',
+    callback: () => void cas('breaker').catch(fail),
+  });
+  supervisor.subscribe(s.act, {
+    queue: 'sv',
+    callback: (err, msg) => {
+      if (err || !msg.reply) return;
+      const reply = msg.reply;
+      void cas('breaker')
+        .then(audit)
+        .then(() => supervisor.publish(s.exec, bytes.execute, { reply }), fail);
+    },
+  });
+  let k = 0;
+  executor.subscribe(s.exec, {
+    queue: 'exec',
+    callback: (err, msg) => {
+      if (err) return;
+      const key = `k${++k}`;
+      void exKv
+        .create(key, bytes.value)
+        .then((rev) => exKv.update(key, bytes.value, rev))
+        .then(() => {
+          msg.respond(bytes.result);
+          executor.publish(`${s.settle}.tool`, bytes.settle);
+        }, fail);
+    },
+  });
+  await Promise.all([supervisor.flush(), executor.flush()]);
+  const side: StepSide = {
+    name: 'durable',
+    step: async () => {
+      const d = await planner.request(s.authorize, bytes.authorize, { timeout: TIMEOUT_MS });
+      if (d.data.length !== bytes.decision.length)
+        throw new Error('durable authorize: other bytes');
+      planner.publish(s.settle, bytes.settle);
+      const r = await planner.request(s.act, bytes.act, { timeout: TIMEOUT_MS });
+      if (r.data.length !== bytes.result.length) throw new Error('durable act: other bytes');
+    },
+    close: async () => {
+      await closeAll([planner, supervisor, executor]);
+      const nc = await connect(opts(`bench-${tag}-cleanup`));
+      const m = await jetstreamManager(nc);
+      for (const name of [stream, `KV_bench_${tag}_sv`, `KV_bench_${tag}_ex`]) {
+        await m.streams.delete(name).catch(() => false);
+      }
+      await nc.close();
     },
   };
   await side.step(0);

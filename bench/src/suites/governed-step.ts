@@ -2,6 +2,7 @@ import { compare } from '../compare.js';
 import {
   governedStep,
   rawChain,
+  rawDurableChain,
   startBenchRun,
   ungovernedChain,
   type StepSide,
@@ -34,11 +35,16 @@ async function run(ctx: SuiteContext): Promise<Result[]> {
   const rounds = {
     raw: { p50: [] as number[], p99: [] as number[] },
     off: { p50: [] as number[], p99: [] as number[] },
+    durable: { p50: [] as number[], p99: [] as number[] },
     reins: { p50: [] as number[], p99: [] as number[] },
   };
   try {
     const runId = await startBenchRun(deployment.client, 'bench_gov');
-    sides.push(await rawChain(ctx.natsUrl), await ungovernedChain(ctx.natsUrl));
+    sides.push(
+      await rawChain(ctx.natsUrl),
+      await ungovernedChain(ctx.natsUrl),
+      await rawDurableChain(ctx.natsUrl),
+    );
     sides.push(governedStep(deployment.client, runId, tool.name));
     const counter = { i: 1 };
     ctx.log(
@@ -53,7 +59,13 @@ async function run(ctx: SuiteContext): Promise<Result[]> {
         const s = l.get(side);
         if (!s) throw new Error(`no latency for ${side.name}`);
         const into =
-          side.name === 'raw' ? rounds.raw : side.name === 'off' ? rounds.off : rounds.reins;
+          side.name === 'raw'
+            ? rounds.raw
+            : side.name === 'off'
+              ? rounds.off
+              : side.name === 'durable'
+                ? rounds.durable
+                : rounds.reins;
         into.p50.push(s.p50Us);
         into.p99.push(s.p99Us);
         line.push(`${side.name} p50 ${s.p50Us.toFixed(0)} µs p99 ${s.p99Us.toFixed(0)} µs`);
@@ -81,6 +93,20 @@ async function run(ctx: SuiteContext): Promise<Result[]> {
       raw: rounds.raw.p99,
       reins: rounds.off.p99,
     }),
+    // The floor: raw NATS doing the same durable writes (ledger, audit, breaker, idempotency).
+    compare('durable writes alone on raw NATS p50 (no Reins)', 'µs', 'lower', {
+      raw: rounds.raw.p50,
+      reins: rounds.durable.p50,
+    }),
+    compare(
+      'governed step p50 ÷ the same durable writes on raw NATS (raw column = those)',
+      'µs',
+      'lower',
+      {
+        raw: rounds.durable.p50,
+        reins: rounds.reins.p50,
+      },
+    ),
     // The "raw NATS" column holds the governance-off figure here: the ratio is governance's cost.
     compare('governance cost p50: on ÷ off (raw column = off)', 'µs', 'lower', {
       raw: rounds.off.p50,
