@@ -37,6 +37,24 @@ describe('executor: idempotency', () => {
     expect(settles).toHaveLength(1);
   });
 
+  it('the result is stored even when the executor stops right after replying; another replays it', async () => {
+    const t = testTools();
+    await using env = await setup(t.tools);
+    const call: Call = { tool: 'append', args: { line: 'stop' }, idempotencyKey: 'run-1:s1:stop' };
+    const grant = grantFor(env.signer, call);
+    expect(await env.execute(call, grant)).toMatchObject({ ok: true, replayed: false });
+    // The reply may go out before the record is written: stopping must still write it.
+    await env.executor.actor.stop();
+    const record = await (
+      await openBucket(env.client.nc, Buckets.idem)
+    ).get(idempotencyKvKey(call.idempotencyKey));
+    expect(record && decode(IdempotencyRecord, record.value)).toMatchObject({ state: 'done' });
+    await using other = await testRuntime(env.nats.url);
+    await startExecutor(other, { tools: t.tools, trustedIssuers: [env.signer.publicKey] });
+    expect(await env.execute(call, grant)).toMatchObject({ ok: true, replayed: true });
+    expect(t.calls.append).toBe(1);
+  });
+
   it('5 concurrent duplicates across 2 executors: one side effect, 5 identical outputs', async () => {
     const t = testTools();
     await using env = await setup(t.tools);
