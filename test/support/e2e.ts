@@ -157,6 +157,9 @@ export async function startE2E(
   const client = await connect({
     servers: cluster ? cluster.urls : natsUrl,
     identity: 'e2e',
+    // A request of the test's own client that times out names its caller in the stack (the
+    // runtime turns async traces off for speed; K9 was hard to attribute without them).
+    connection: { noAsyncTraces: false },
     logger: createLogger({ level: process.env['REINS_LOG_LEVEL'] ?? 'silent' }),
   });
   const common = { NATS_URL: natsUrl, REINS_SHUTDOWN_DEADLINE_MS: '3000', ...options.env };

@@ -149,13 +149,20 @@ export async function connect(options: ClientOptions = {}): Promise<ReinsClient>
     events: (o) => subscribeTraces(runtime, { runId: id }, o),
     async result(o = {}) {
       const deadline = Date.now() + (o.timeoutMs ?? 3_600_000);
-      // The supervisor emits `run.end`; wait for it, checking the record as a fallback.
+      // The supervisor emits `run.end`: it wakes the wait early. The record is what counts, so
+      // it is polled from the start, and a subscription that cannot be opened yet (JetStream
+      // electing leaders after losing a node) only makes the wait poll longer.
       let ended = false;
-      const sub = await subscribeTraces(
+      const stopWaking = new AbortController();
+      const waking = subscribeTraces(
         runtime,
         { runId: id, role: 'supervisor', event: 'run.end' },
-        { callback: () => (ended = true) },
-      );
+        {
+          callback: () => (ended = true),
+          signal: stopWaking.signal,
+          openTimeoutMs: Math.max(0, deadline - Date.now()),
+        },
+      ).catch(() => undefined);
       try {
         for (;;) {
           if (o.signal?.aborted)
@@ -175,7 +182,8 @@ export async function connect(options: ClientOptions = {}): Promise<ReinsClient>
             await new Promise((r) => setTimeout(r, 25));
         }
       } finally {
-        await sub.stop();
+        stopWaking.abort();
+        await (await waking)?.stop();
       }
     },
   });

@@ -23,6 +23,8 @@ export {
 } from './infrastructure.js';
 export type { TraceRetention } from './infrastructure.js';
 export { mapTransportError } from './transport-errors.js';
+export { retryTransport } from './transport-retry.js';
+export type { RetryTransportOptions } from './transport-retry.js';
 export { decodeReply, errorPayload, payloadHeaders, isErrorReply } from './wire.js';
 export { broadcastControl } from './control.js';
 export type { BroadcastOptions } from './control.js';

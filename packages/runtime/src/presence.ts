@@ -1,5 +1,6 @@
 import { Heartbeat, decode } from '@reins/protocol';
 import type { Runtime } from './runtime.js';
+import { retryTransport } from './transport-retry.js';
 
 /** An agent as seen in the presence bucket. `status` is `lost` when its heartbeat expired. */
 export interface AgentPresence extends Heartbeat {
@@ -10,18 +11,33 @@ export interface AgentPresence extends Heartbeat {
 /**
  * Lists agents from KV `reins_agents`. Agents whose heartbeat expired are marked `lost`
  * (nats-server 2.9 has no per-key TTL, so expiry lives in the value). Unreadable entries are
- * skipped. `includeStopped` keeps agents that stopped cleanly.
+ * skipped. `includeStopped` keeps agents that stopped cleanly. Throws a retryable
+ * `UnavailableError` or `TimeoutError` when KV cannot be read within `timeoutMs`.
  */
 export async function listAgents(
   runtime: Runtime,
-  options: { now?: number; includeStopped?: boolean; includeLost?: boolean } = {},
+  options: {
+    now?: number;
+    includeStopped?: boolean;
+    includeLost?: boolean;
+    /** Keep retrying a listing JetStream does not answer for this long (default 10 s). */
+    timeoutMs?: number;
+  } = {},
 ): Promise<AgentPresence[]> {
-  const kv = await runtime.agentsBucket();
   const now = options.now ?? Date.now();
-  // A key listing can yield a key twice when it is written while being listed: dedupe.
-  const keys = new Set<string>();
-  for await (const k of await kv.keys()) keys.add(k);
-  const entries = await Promise.all([...keys].map((k) => kv.get(k)));
+  // Listing keys makes an ephemeral consumer: while a cluster has lost a node it may time out
+  // (see `retryTransport`). A listing is a read: try it again.
+  const entries = await retryTransport(
+    'agent presence listing',
+    async () => {
+      const kv = await runtime.agentsBucket();
+      // A key listing can yield a key twice when it is written while being listed: dedupe.
+      const keys = new Set<string>();
+      for await (const k of await kv.keys()) keys.add(k);
+      return Promise.all([...keys].map((k) => kv.get(k)));
+    },
+    { timeoutMs: options.timeoutMs ?? 10_000 },
+  );
   const out: AgentPresence[] = [];
   for (const e of entries) {
     if (!e || e.operation !== 'PUT' || e.value.length === 0) continue;

@@ -1,6 +1,7 @@
 import { DeliverPolicy, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
 import { Streams, TraceEvent, decode, type TraceSubjectParts } from '@reins/protocol';
 import type { Runtime } from './runtime.js';
+import { retryTransport } from './transport-retry.js';
 
 /** Where a trace subscription starts. */
 export type TraceStart = 'start' | 'new' | { seq: number } | { time: Date };
@@ -11,6 +12,15 @@ export interface SubscribeTracesOptions {
   from?: TraceStart;
   /** Called for each event, in stream order. Without it, iterate the subscription. */
   callback?: (event: TraceEvent, meta: { streamSeq: number; subject: string }) => void;
+  /**
+   * How long to keep trying to open the subscription while JetStream is briefly unavailable
+   * (default 30 s): a cluster that lost a node elects stream leaders, and nats-server < 2.11 may
+   * place the subscription's consumer on the lost node, which never answers. Then the call
+   * fails with a retryable `TimeoutError` or `UnavailableError`.
+   */
+  openTimeoutMs?: number;
+  /** Gives up opening (`AbortedError`), or stops the subscription once open. */
+  signal?: AbortSignal;
 }
 
 /** A live trace subscription: async-iterable, stoppable, disposable. */
@@ -26,6 +36,9 @@ export interface TraceSubscription extends AsyncIterable<TraceEvent>, AsyncDispo
  */
 const PULL_EXPIRES_MS = 5_000;
 
+/** Default of `openTimeoutMs`: several JetStream API timeouts (5 s each) and a leader election. */
+const OPEN_TIMEOUT_MS = 30_000;
+
 /**
  * Subscribes to trace events matching a pattern (`{ runId: 'r1' }`, `{ role: 'executor' }`, or a
  * raw subject with wildcards under the trace prefix), replaying stored ones first (`from:
@@ -35,6 +48,10 @@ const PULL_EXPIRES_MS = 5_000;
  * then, and the client library's own recreation can stall until heartbeats are missed, so after
  * a reconnect (or a reset of the consumer) a new consumer is made from the stream sequence after
  * the last event delivered.
+ *
+ * Opening rides out a JetStream briefly unavailable (see `openTimeoutMs`). Throws `RangeError`
+ * for a pattern outside the trace prefix; otherwise a coded error: a retryable `TimeoutError` or
+ * `UnavailableError` when JetStream stays unreachable, `AbortedError` when `signal` aborts.
  */
 export async function subscribeTraces(
   runtime: Runtime,
@@ -134,7 +151,16 @@ export async function subscribeTraces(
     }
   };
 
-  messages = await open();
+  const signal = options.signal;
+  // A consumer create that timed out is not retried by the client library: try again (a new
+  // consumer, placed again) until the deadline. Each attempt is a fresh ephemeral consumer; one
+  // created late on a server that comes back is removed by the server when inactive.
+  messages = await retryTransport(`trace subscription ${subject}`, open, {
+    timeoutMs: options.openTimeoutMs ?? OPEN_TIMEOUT_MS,
+    signal,
+    onRetry: (err, attempt) =>
+      runtime.logger.debug({ err, subject, attempt }, 'trace subscription not opened; retrying'),
+  });
   const status = runtime.nc.status();
   void (async () => {
     for await (const s of status) {
@@ -152,16 +178,22 @@ export async function subscribeTraces(
     }
   })().catch(() => undefined);
 
-  const stop = async () => {
-    if (stopped) return;
-    stopped = true;
-    generation++;
-    // The status iterator of nats.js can be stopped (it is typed only as an AsyncIterable).
-    (status as { stop?: () => void }).stop?.();
-    wake?.();
-    await messages?.close().catch(() => undefined);
-    messages = undefined;
-  };
+  // One stop, however many callers (an abort and `stop()`): each awaits the same close.
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopping ??= (async () => {
+      stopped = true;
+      generation++;
+      signal?.removeEventListener('abort', onAbort);
+      // The status iterator of nats.js can be stopped (it is typed only as an AsyncIterable).
+      (status as { stop?: () => void }).stop?.();
+      wake?.();
+      await messages?.close().catch(() => undefined);
+      messages = undefined;
+    })());
+  const onAbort = () => void stop();
+  if (signal?.aborted) await stop();
+  else signal?.addEventListener('abort', onAbort, { once: true });
   return {
     get invalid() {
       return invalid;

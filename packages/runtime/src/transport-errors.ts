@@ -5,6 +5,7 @@ import {
   DrainingConnectionError,
   PermissionViolationError,
 } from '@nats-io/transport-node';
+import { JetStreamApiError } from '@nats-io/jetstream';
 import {
   ReinsError,
   TimeoutError,
@@ -24,9 +25,11 @@ function chain(err: unknown): unknown[] {
 }
 
 /**
- * Maps a NATS transport failure to a coded Reins error: no responders and closed connections
- * are `UNAVAILABLE` (retryable), timeouts `TIMEOUT`, permission violations `UNAUTHENTICATED`.
- * Reins errors pass through unchanged.
+ * Maps a NATS transport failure to a coded Reins error: no responders, closed connections and
+ * JetStream API errors with status 503 ("JetStream system temporarily unavailable", while a
+ * cluster elects leaders) are `UNAVAILABLE` (retryable), timeouts `TIMEOUT` (retryable),
+ * permission violations `UNAUTHENTICATED`; anything else `INTERNAL`. Reins errors pass through
+ * unchanged.
  */
 export function mapTransportError(err: unknown, subject: string): ReinsError {
   if (err instanceof ReinsError) return err;
@@ -39,6 +42,12 @@ export function mapTransportError(err: unknown, subject: string): ReinsError {
   }
   if (all.some((e) => e instanceof NatsTimeoutError)) {
     return new TimeoutError(`request on ${subject} timed out`, {
+      cause: err,
+      details: { subject },
+    });
+  }
+  if (all.some((e) => e instanceof JetStreamApiError && e.status === 503)) {
+    return new UnavailableError(`JetStream is temporarily unavailable (${subject})`, {
       cause: err,
       details: { subject },
     });

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { startNatsServer } from '@reins/testing';
 import { defineActor, listAgents, subscribeTraces } from '@reins/runtime';
-import type { TraceEvent } from '@reins/protocol';
+import { ReinsError, type TraceEvent } from '@reins/protocol';
 import { testRuntime } from './helpers.js';
 
 describe('traces', () => {
@@ -90,5 +90,43 @@ describe('traces', () => {
     await a.stop();
     expect(await listAgents(rt)).toEqual([]);
     expect((await listAgents(rt, { includeStopped: true }))[0]?.status).toBe('stopped');
+  });
+
+  it('opening where JetStream does not answer fails with a retryable coded error, not a raw NATS one', async () => {
+    await using nats = await startNatsServer({ jetstream: false });
+    await using rt = await testRuntime(nats.url, { ensureInfrastructure: false });
+    const opening = subscribeTraces(rt, { runId: 'r1' }, { openTimeoutMs: 300 });
+    await expect(opening).rejects.toBeInstanceOf(ReinsError);
+    await expect(opening).rejects.toMatchObject({ code: 'UNAVAILABLE', retryable: true });
+    // Listing agents reads KV the same way: coded as well.
+    await expect(listAgents(rt, { timeoutMs: 300 })).rejects.toMatchObject({
+      code: 'UNAVAILABLE',
+      retryable: true,
+    });
+  });
+
+  it('gives up opening when its signal aborts, and an open subscription stops on abort', async () => {
+    await using down = await startNatsServer({ jetstream: false });
+    await using rtDown = await testRuntime(down.url, { ensureInfrastructure: false });
+    const gaveUp = subscribeTraces(
+      rtDown,
+      { runId: 'r1' },
+      { openTimeoutMs: 600_000, signal: AbortSignal.timeout(200) },
+    );
+    await expect(gaveUp).rejects.toMatchObject({ code: 'ABORTED' });
+
+    await using nats = await startNatsServer();
+    await using rt = await testRuntime(nats.url);
+    const planner = await rt.start(defineActor({ role: 'planner' }));
+    const controller = new AbortController();
+    const sub = await subscribeTraces(rt, { runId: 'r2' }, { signal: controller.signal });
+    planner.trace('r2', 'step.start', {});
+    const seen: TraceEvent[] = [];
+    for await (const ev of sub) {
+      seen.push(ev);
+      controller.abort();
+    }
+    // The iteration ended because the abort stopped the subscription.
+    expect(seen.map((e) => e.event)).toEqual(['step.start']);
   });
 });

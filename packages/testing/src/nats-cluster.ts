@@ -33,18 +33,24 @@ export interface NatsCluster extends AsyncDisposable {
   restart(index: number): Promise<void>;
 }
 
-/**
- * Starts a JetStream cluster of `size` nats-servers on random ports, resolving once every node
- * answers JetStream API calls (the meta leader is elected).
- */
-export async function startNatsCluster(options: NatsClusterOptions = {}): Promise<NatsCluster> {
-  const size = options.size ?? 3;
-  const bin = findNatsServer();
-  const storeDir = await mkdtemp(join(tmpdir(), 'reins-cluster-'));
+interface NodeSpec {
+  name: string;
+  port: number;
+  url: string;
+  spec: Parameters<typeof launch>[0];
+}
+
+/** Configuration files and launch specs of `size` nodes on new random ports. */
+async function nodeSpecs(
+  bin: string,
+  storeDir: string,
+  size: number,
+  readyTimeoutMs: number,
+): Promise<NodeSpec[]> {
   const ports = await Promise.all(Array.from({ length: size }, () => freePort()));
   const routePorts = await Promise.all(Array.from({ length: size }, () => freePort()));
   const routes = routePorts.map((p) => `nats-route://127.0.0.1:${p}`);
-  const specs = await Promise.all(
+  return Promise.all(
     ports.map(async (port, i) => {
       const name = `n${i + 1}`;
       const dir = join(storeDir, name);
@@ -59,27 +65,51 @@ export async function startNatsCluster(options: NatsClusterOptions = {}): Promis
           `cluster { name: reins-test, listen: 127.0.0.1:${routePorts[i]}, routes: [${routes.join(', ')}] }`,
         ].join('\n'),
       );
+      const url = `nats://127.0.0.1:${port}`;
       return {
         name,
         port,
-        url: `nats://127.0.0.1:${port}`,
-        spec: {
-          bin,
-          args: ['-c', conf],
-          url: `nats://127.0.0.1:${port}`,
-          jetstream: true,
-          readyTimeoutMs: options.readyTimeoutMs ?? 30_000,
-        },
+        url,
+        spec: { bin, args: ['-c', conf], url, jetstream: true, readyTimeoutMs },
       };
     }),
   );
+}
+
+/**
+ * Starts a JetStream cluster of `size` nats-servers on random ports, resolving once every node
+ * answers JetStream API calls (the meta leader is elected).
+ */
+export async function startNatsCluster(options: NatsClusterOptions = {}): Promise<NatsCluster> {
+  const size = options.size ?? 3;
+  const bin = findNatsServer();
+  const storeDir = await mkdtemp(join(tmpdir(), 'reins-cluster-'));
+  let specs: NodeSpec[] = [];
   const children: (ChildProcess | undefined)[] = [];
-  try {
-    const launched = await Promise.all(specs.map((s) => launch(s.spec)));
-    children.push(...launched);
-  } catch (err) {
+  // A free port is only free until someone else binds it (other tests on the machine): when a
+  // node cannot listen, start the whole cluster again on new ports (routes name every port).
+  for (let attempt = 1; ; attempt++) {
+    specs = await nodeSpecs(bin, storeDir, size, options.readyTimeoutMs ?? 30_000);
+    const launched = await Promise.allSettled(specs.map((s) => launch(s.spec)));
+    const failed = launched.find((r) => r.status === 'rejected');
+    if (!failed) {
+      for (const r of launched) if (r.status === 'fulfilled') children.push(r.value);
+      break;
+    }
+    await Promise.all(
+      launched.map(async (r) => {
+        const c = r.status === 'fulfilled' ? r.value : undefined;
+        if (!c || c.exitCode !== null || c.signalCode !== null) return;
+        const exited = new Promise<void>((done) => c.once('exit', () => done()));
+        c.kill('SIGKILL');
+        await exited;
+      }),
+    );
+    // The next attempt starts from empty stores (these nodes may have formed a cluster).
     await rm(storeDir, { recursive: true, force: true });
-    throw err;
+    const reason: unknown = failed.reason;
+    if (attempt >= 3 || !/address already in use/i.test(String(reason))) throw reason;
+    await mkdir(storeDir, { recursive: true });
   }
   const nodes: ClusterNode[] = specs.map((s, i) => ({
     name: s.name,

@@ -196,24 +196,43 @@ export async function launch(spec: ProcessSpec): Promise<ChildProcess> {
 export async function startNatsServer(options: NatsServerOptions = {}): Promise<NatsServer> {
   const bin = findNatsServer();
   const jetstream = options.jetstream ?? true;
-  const port = options.port ?? (await freePort());
   const ownsStore = options.storeDir === undefined;
   const storeDir = options.storeDir ?? (await mkdtemp(join(tmpdir(), 'reins-nats-')));
-  const args = ['-a', '127.0.0.1', '-p', String(port)];
-  if (jetstream) args.push('-js', '-sd', storeDir);
+  const extra: string[] = [];
+  if (jetstream) extra.push('-js', '-sd', storeDir);
   if (options.config) {
     const file = join(storeDir, 'extra.conf');
     await writeFile(file, options.config);
-    args.push('-c', file);
+    extra.push('-c', file);
   }
-  args.push(...(options.args ?? []));
-  const url = `nats://127.0.0.1:${port}`;
-  const spec = { bin, args, url, jetstream, readyTimeoutMs: options.readyTimeoutMs ?? 20_000 };
-
-  let child: ChildProcess | undefined = await launch(spec).catch(async (err: unknown) => {
-    if (ownsStore) await rm(storeDir, { recursive: true, force: true });
-    throw err;
+  extra.push(...(options.args ?? []));
+  const specOn = (port: number) => ({
+    bin,
+    args: ['-a', '127.0.0.1', '-p', String(port), ...extra],
+    url: `nats://127.0.0.1:${port}`,
+    jetstream,
+    readyTimeoutMs: options.readyTimeoutMs ?? 20_000,
   });
+
+  let port = options.port ?? (await freePort());
+  let spec = specOn(port);
+  let child: ChildProcess | undefined;
+  // A free port is only free until someone else binds it (other tests on the machine): a random
+  // port taken meanwhile is replaced by another one.
+  for (let attempt = 1; !child; attempt++) {
+    try {
+      child = await launch(spec);
+    } catch (err) {
+      const taken = /address already in use/i.test(String(err));
+      if (options.port !== undefined || !taken || attempt >= 3) {
+        if (ownsStore) await rm(storeDir, { recursive: true, force: true });
+        throw err;
+      }
+      port = await freePort();
+      spec = specOn(port);
+    }
+  }
+  const url = spec.url;
   let stopped = false;
 
   const server: NatsServer = {
