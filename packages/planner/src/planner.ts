@@ -82,7 +82,11 @@ export interface PlannerOptions {
   concurrency?: number;
   /** How long a planner may hold a run before another may take it (default 60 s). */
   leaseMs?: number;
-  /** JetStream ack wait of the task consumer (default 30 s); in-progress is signalled meanwhile. */
+  /**
+   * JetStream ack wait of the task consumer (default 10 s); in-progress is signalled every third
+   * of it while a step runs. It bounds how long a task whose ack or nak was lost (a server
+   * restart, a stream electing a leader) waits before it is delivered again.
+   */
   ackWaitMs?: number;
   /** Tool call timeout (default 30 s). */
   toolTimeoutMs?: number;
@@ -127,7 +131,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
   const subjects = runtime.subjects;
   const store = new RunStateStore(await openBucket(runtime.nc, Buckets.runs));
   const leaseMs = options.leaseMs ?? 60_000;
-  const ackWaitMs = options.ackWaitMs ?? 30_000;
+  const ackWaitMs = options.ackWaitMs ?? 10_000;
   const maxHistory = options.maxHistory ?? 200;
   const toolTimeoutMs = options.toolTimeoutMs ?? 30_000;
   const maxAttempts = options.maxAttempts ?? 20;

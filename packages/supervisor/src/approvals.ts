@@ -1,4 +1,5 @@
 import type { KV } from '@nats-io/kv';
+import { retryTransport } from '@reins/runtime';
 import {
   ApprovalRecord,
   ConflictError,
@@ -71,7 +72,11 @@ export class ApprovalStore {
   }): Promise<ApprovalRecord[]> {
     const out: ApprovalRecord[] = [];
     const seen = new Set<string>();
-    for await (const k of await this.#kv.keys()) {
+    // Listing keys creates an ephemeral consumer: retried like any (K9 in reliability.md).
+    const keys = await retryTransport('approvals list', () => this.#kv.keys(), {
+      timeoutMs: 10_000,
+    });
+    for await (const k of keys) {
       if (seen.has(k)) continue; // a key written while listed can be listed twice
       seen.add(k);
       const r = await this.get(k).catch(() => undefined);

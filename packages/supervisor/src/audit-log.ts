@@ -25,6 +25,7 @@ import {
   sha256Hex,
 } from '@reins/protocol';
 import { ConflictError, ProtocolError, UnavailableError } from '@reins/protocol';
+import { retryTransport } from '@reins/runtime';
 
 /** prevHash of the first entry of every chain. */
 export const GENESIS_HASH = '0'.repeat(64);
@@ -419,8 +420,16 @@ export async function* readAudit(
   }
   if (total === 0) return;
   const js = jetstream(nc);
-  const consumer = await js.consumers.get(Streams.audit, { filter_subjects: filter });
-  const messages = await consumer.consume({ max_messages: 256 });
+  // An ephemeral consumer: on a cluster that lost a node, nats-server < 2.11 may place it on the
+  // lost node and its creation times out (K9): create it again.
+  const messages = await retryTransport(
+    'audit read',
+    async () => {
+      const consumer = await js.consumers.get(Streams.audit, { filter_subjects: filter });
+      return consumer.consume({ max_messages: 256 });
+    },
+    { timeoutMs: 30_000 },
+  );
   try {
     for await (const m of messages) {
       const parts = m.subject.split('.');

@@ -310,7 +310,9 @@ export async function startSupervisor(
    * (for a run: those working on it).
    */
   const controlTargets = async (scope: Scope) => {
-    const live = (await listAgents(runtime, { includeLost: false })).filter(
+    // Bounded well below a halt's own deadline: a listing JetStream does not answer is retried
+    // (K9), but a halt must not wait on it for long.
+    const live = (await listAgents(runtime, { includeLost: false, timeoutMs: 5_000 })).filter(
       (ag) => ag.role !== 'supervisor',
     );
     const owners = live.filter((ag) =>
