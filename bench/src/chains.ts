@@ -235,15 +235,28 @@ export async function rawDurableChain(url: string, tag = 'durable'): Promise<Ste
   const svKv = await new Kvm(svJs).create(`bench_${tag}_sv`, { history: 1 });
   const exKv = await new Kvm(jetstream(executor)).create(`bench_${tag}_ex`, { history: 1 });
   const revisions = new Map<string, number>();
-  /** Compare-and-set on a key this process alone writes (its revision is remembered). */
+  /**
+   * Compare-and-set with the revision this process last wrote; on a conflict (a settle and the
+   * next authorize on one scope at once) read the current revision and try again, as the
+   * ledger does.
+   */
   const cas = async (key: string): Promise<void> => {
-    const rev = revisions.get(key);
-    revisions.set(
-      key,
-      rev === undefined
-        ? await svKv.put(key, bytes.value)
-        : await svKv.update(key, bytes.value, rev),
-    );
+    for (;;) {
+      const rev = revisions.get(key);
+      try {
+        revisions.set(
+          key,
+          rev === undefined
+            ? await svKv.put(key, bytes.value)
+            : await svKv.update(key, bytes.value, rev),
+        );
+        return;
+      } catch {
+        const e = await svKv.get(key);
+        if (e) revisions.set(key, e.revision);
+        else revisions.delete(key);
+      }
+    }
   };
   const audit = () => svJs.publish(`${s.audit}.sv`, bytes.settle);
   let n = 0;

@@ -7,6 +7,11 @@ import { payloadHeaders } from './wire.js';
 export interface BroadcastOptions {
   /** Stop collecting once this many acks arrived (default: wait the whole window). */
   expectAcks?: number;
+  /**
+   * Stop collecting once every one of these agents acked (acks from others are kept but do not
+   * count towards it). Empty: do not wait. Takes precedence over `expectAcks`.
+   */
+  expectFrom?: Iterable<string>;
   /** How long to collect acks beyond the message's own deadline (default 500 ms). */
   graceMs?: number;
 }
@@ -25,12 +30,17 @@ export async function broadcastControl(
   const subject = runtime.subjects.ctlBcast(msg.scope);
   const acks: ControlAck[] = [];
   const seen = new Set<string>();
+  // Agents still to hear from, when the caller named them: an ack from anyone else (an agent
+  // presence did not list yet) must not stand in for one of theirs.
+  const waiting = options.expectFrom ? new Set(options.expectFrom) : undefined;
+  const byCount = waiting === undefined && options.expectAcks !== undefined;
   const replies = await runtime.nc.requestMany(subject, encode(ControlMessage, msg), {
-    // 'count' ends as soon as the expected acks are in (maxWait still bounds it); 'timer' waits out the window.
-    strategy: options.expectAcks ? 'count' : 'timer',
-    maxWait: msg.deadlineMs + (options.graceMs ?? 500),
+    // 'count' ends as soon as the expected acks are in (maxWait still bounds it); 'timer' waits
+    // out the window, or until every named agent acked (below).
+    strategy: byCount ? 'count' : 'timer',
+    maxWait: waiting?.size === 0 ? 1 : msg.deadlineMs + (options.graceMs ?? 500),
     headers: payloadHeaders(ControlMessage),
-    ...(options.expectAcks ? { maxMessages: options.expectAcks } : {}),
+    ...(byCount ? { maxMessages: options.expectAcks } : {}),
   });
   try {
     for await (const r of replies) {
@@ -39,9 +49,12 @@ export async function broadcastControl(
         if (ack.id !== msg.id || seen.has(ack.agentId)) continue;
         seen.add(ack.agentId);
         acks.push(ack);
+        waiting?.delete(ack.agentId);
       } catch {
         // a malformed ack counts as no ack
       }
+      // Leaving the loop stops the iterator (its generator's `finally`).
+      if (waiting?.size === 0) break;
     }
   } catch (err) {
     // No responders simply means nobody was listening: an empty ack list.

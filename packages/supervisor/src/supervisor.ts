@@ -305,9 +305,9 @@ export async function startSupervisor(
 
   /**
    * Who should acknowledge a control message for `scope`: live agents (supervisors excluded:
-   * they issue halts and are never halted by them). `ackers` is how many acks to wait for —
-   * every live agent acks a run-scoped message — and `owners` the agents a missing ack fences
-   * (for a run: those working on it).
+   * they issue halts and are never halted by them). `ackers` are the agents whose acks to wait
+   * for — every live agent acks a run-scoped message — and `owners` the agents a missing ack
+   * fences (for a run: those working on it).
    */
   const controlTargets = async (scope: Scope) => {
     // Bounded well below a halt's own deadline: a listing JetStream does not answer is retried
@@ -320,7 +320,10 @@ export async function startSupervisor(
         ? ag.runs.includes(scope.runId)
         : scopeMatches(scope, { agentId: ag.agentId, role: ag.role }),
     );
-    return { owners, ackers: Math.max(1, scope.kind === 'run' ? live.length : owners.length) };
+    return {
+      owners,
+      ackers: (scope.kind === 'run' ? live : owners).map((ag) => ag.agentId),
+    };
   };
 
   /** Broadcasts resume or pause for a scope and answers with who acknowledged. */
@@ -332,7 +335,7 @@ export async function startSupervisor(
     const acks = await broadcastControl(
       runtime,
       { type, scope: req.scope, reason: req.reason, deadlineMs: Math.min(req.deadlineMs, 1000) },
-      { expectAcks: ackers },
+      { expectFrom: ackers },
     );
     return {
       haltId: newId('h'),
@@ -1021,8 +1024,9 @@ export async function startSupervisor(
                   id: haltId,
                 },
                 // Every live agent acks a run-scoped halt; otherwise the agents the scope names.
-                // The reply comes as soon as they have all acked, at the latest at the deadline.
-                { expectAcks: ackers },
+                // The reply comes as soon as each of them has acked (acks of agents presence
+                // did not list yet do not stand in for theirs), at the latest at the deadline.
+                { expectFrom: ackers },
               )
             ).filter((k) => k.agentId !== agentId);
             const acked = acks
@@ -1033,7 +1037,8 @@ export async function startSupervisor(
                   expected.some((e) => e.agentId === k.agentId),
               )
               .map((k) => k.agentId);
-            const missing = expected.map((e) => e.agentId).filter((id) => !acked.includes(id));
+            const ackedSet = new Set(acked);
+            const missing = expected.map((e) => e.agentId).filter((id) => !ackedSet.has(id));
             // Fencing: an agent that did not acknowledge in time is halted as a whole. Its grants
             // are refused from now on (supervisors and executors check agent markers), and its
             // own runtime refuses work once it hears the marker. `resume` with its agent scope lifts it.

@@ -5,7 +5,10 @@ import { pack } from 'msgpackr';
 import {
   ActRequest,
   Buckets,
+  ControlAck,
+  ControlMessage,
   Heartbeat,
+  decode,
   encode,
   ApprovalDecision,
   ApprovalDeniedError,
@@ -35,7 +38,8 @@ import {
   verifyGrant,
   hashArgs,
 } from '@reins/protocol';
-import { Runtime, createLogger, defineActor } from '@reins/runtime';
+import { Runtime, createLogger, defineActor, listAgents } from '@reins/runtime';
+import { connect } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
 import { startNatsServer, type NatsServer } from '@reins/testing';
 import { readAudit, startSupervisor, verifyAudit, type Supervisor } from '../src/index.js';
@@ -499,6 +503,67 @@ describe('supervisor actor', () => {
       .poll(async () => (await authorize(run.runId, 0, 'ghost-1')).decision, { timeout: 5000 })
       .toBe('grant');
     await kv.delete('ghost-1');
+  });
+
+  it('a halt waits for the acks of the agents it expects: unlisted responders acking first do not stand in', async () => {
+    const role = 'ackers';
+    const agentsRt = await Runtime.connect({
+      servers: nats.url,
+      logger: quiet(),
+      heartbeatMs: 500,
+    });
+    runtimes.push(agentsRt);
+    const n = 50;
+    for (let i = 0; i < n; i++) await agentsRt.start(defineActor({ role, agentId: `acker-${i}` }));
+    // Unlisted responders (no presence) that ack at once, before the real agents can: with a
+    // count of acks, ten of them would make the halt answer ten real agents short (and fence them).
+    const ghost = await connect({ servers: nats.url, noAsyncTraces: true });
+    ghost.subscribe(client.subjects.ctlBcast({ kind: 'role', role }), {
+      callback: (_e, m) => {
+        const ctl = decode(ControlMessage, m.data);
+        for (let i = 0; i < 10; i++) {
+          ghost.publish(
+            m.reply ?? '',
+            encode(ControlAck, {
+              id: ctl.id,
+              agentId: `unlisted-${i}`,
+              role,
+              type: ctl.type,
+              aborted: 0,
+              stillRunning: 0,
+            }),
+          );
+        }
+      },
+    });
+    await ghost.flush();
+    await expect
+      .poll(
+        async () =>
+          (await listAgents(client)).filter((a) => a.role === role && a.status === 'running')
+            .length,
+        { timeout: 5000 },
+      )
+      .toBe(n);
+    const reply = await client.request(client.subjects.ctlHalt, HaltRequest, HaltReply, {
+      scope: { kind: 'role', role },
+      reason: 'stop',
+      deadlineMs: 2000,
+    });
+    expect(reply.missing).toEqual([]);
+    for (let i = 0; i < n; i++) expect(reply.acked).toContain(`acker-${i}`);
+    await client.request(client.subjects.ctlResume, HaltRequest, HaltReply, {
+      scope: { kind: 'role', role },
+      reason: 'go',
+      deadlineMs: 300,
+    });
+    // Nobody was fenced: every agent takes work again.
+    await expect
+      .poll(
+        async () => (await authorize((await start({ steps: 2 })).runId, 0, 'acker-49')).decision,
+      )
+      .toBe('grant');
+    await ghost.close();
   });
 
   it('halt refuses grants for the run from that moment; resume grants again', async () => {
