@@ -94,7 +94,11 @@ async function main(): Promise<void> {
     report.suites.push(entry);
   }
   console.log(markdown(report));
-  const written = await writeReport(RESULTS_DIR, report);
+  const written = await writeReport(
+    RESULTS_DIR,
+    report,
+    values.quick ? 'quick' : values.only ? 'partial' : 'latest',
+  );
   console.error(`\nwrote ${written.join(', ')}`);
   const broken = report.suites.flatMap((s) => s.checks.filter((c) => !c.ok));
   if (broken.length > 0) {

@@ -94,20 +94,25 @@ export function memoryDelta(before: MemorySample, after: MemorySample): MemorySa
 }
 
 /**
- * Writes `<timestamp>.json`, `latest.json`, `latest.svg` and `latest.md` (the table) into `dir`
- * (created when missing).
+ * Writes `<timestamp>.json`, `<name>.json`, `<name>.svg` and `<name>.md` (the table) into `dir`
+ * (created when missing). `name` is `latest` for a full run (the one committed for the README),
+ * `quick` or `partial` otherwise, so a smoke run does not replace the full results.
  * Returns the paths written.
  */
-export async function writeReport(dir: string, report: RunReport): Promise<string[]> {
+export async function writeReport(
+  dir: string,
+  report: RunReport,
+  name: 'latest' | 'quick' | 'partial' = 'latest',
+): Promise<string[]> {
   await mkdir(dir, { recursive: true });
   const json = JSON.stringify(report, null, 2) + '\n';
   const stamped = join(dir, `${report.timestamp.replace(/[:.]/g, '-')}.json`);
-  const latest = join(dir, 'latest.json');
-  const chart = join(dir, 'latest.svg');
+  const latest = join(dir, `${name}.json`);
+  const chart = join(dir, `${name}.svg`);
   await writeFile(stamped, json);
   await writeFile(latest, json);
   await writeFile(chart, await svg(report));
-  const table = join(dir, 'latest.md');
+  const table = join(dir, `${name}.md`);
   await writeFile(table, `${markdown(report)}\n`);
   return [stamped, latest, chart, table];
 }
