@@ -8,6 +8,7 @@ import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Buckets, decode, type AuditEntry, type RunRecord, type TraceEvent } from '@reins/protocol';
 import { BudgetLedger } from '@reins/supervisor';
+import { natsServerVersion } from '@reins/testing';
 import { DOCS, startE2E, waitFor, type E2E } from '../support/e2e.js';
 import {
   IdempotencyRecord,
@@ -212,10 +213,15 @@ export function chaosExecutors(e: E2E, env: Record<string, string>): ChaosExecut
  * restarted on the same store. Services reconnect, the run completes, and every acknowledged
  * audit entry and ledger commit from before the crash is still there. (A process crash keeps
  * what the server wrote to the OS; surviving a machine crash needs `sync_interval: always`,
- * which the nats-server here, 2.9, does not have: see docs/reliability.md.)
+ * which is set where the server has it — ≥ 2.10, not the 2.9.10 installed here: see
+ * docs/reliability.md.)
  */
 export async function natsRestartScenario(): Promise<void> {
-  await using e = await startE2E();
+  const [major = 0, minor = 0] = natsServerVersion().split('.').map(Number);
+  const syncAlways = major > 2 || (major === 2 && minor >= 10);
+  await using e = await startE2E(
+    syncAlways ? { natsConfig: 'jetstream { sync_interval: always }\n' } : {},
+  );
   e.startSupervisor('sv-1');
   e.startExecutor('exec-1');
   e.startPlanner('planner-a', { REINS_SCRIPTED_LATENCY_MS: '1000' });

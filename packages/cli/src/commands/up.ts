@@ -15,6 +15,7 @@ import {
   findNatsServer,
   natsServerVersion,
   startLocalNats,
+  syncAlwaysConfig,
   type LocalNats,
 } from '../nats-server.js';
 import { createStyle, formatDuration, printJson, println, type Style } from '../output.js';
@@ -337,14 +338,23 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
           hint: INSTALL_NATS_HINT,
         });
       if (!json) process.stderr.write(errStyle.dim(`starting nats-server (${bin})…\n`));
+      // Every JetStream write flushed before it is acknowledged, where the server can do it.
+      const version = natsServerVersion(bin);
+      const sync = syncAlwaysConfig(version);
+      const config = [secure?.keys.authConfig, sync].filter((c) => c !== undefined).join('\n');
       nats = await startLocalNats({
         bin,
         ...(options.port !== undefined ? { port: options.port } : {}),
-        ...(secure ? { config: secure.keys.authConfig } : {}),
+        ...(config ? { config } : {}),
         onLog: (line) => log('nats', line, 4),
       });
       url = nats.url;
-      natsNote = `nats-server ${natsServerVersion(bin) ?? ''} with JetStream${secure ? ' and nkey users' : ''}, temp store ${nats.storeDir} (stops with the swarm)`;
+      natsNote =
+        `nats-server ${version ?? ''} with JetStream${secure ? ' and nkey users' : ''}, ` +
+        `temp store ${nats.storeDir} (stops with the swarm); ` +
+        (sync
+          ? 'every write synced to disk before it is acknowledged'
+          : 'writes survive a server crash, not a machine crash (sync_interval needs nats-server ≥ 2.10)');
     }
     try {
       client = await openClient({
