@@ -132,11 +132,8 @@ async function closeAll(connections: NatsConnection[]): Promise<void> {
   await Promise.all(connections.map((nc) => nc.drain().catch(() => nc.close())));
 }
 
-/**
- * Raw NATS: three connections (planner, supervisor, executor) and callback subscriptions that
- * answer pre-encoded bytes; `noAsyncTraces` like the runtime's connections.
- */
-export async function rawChain(url: string, tag = 'raw'): Promise<StepSide> {
+/** What the raw chains share: the step's payloads pre-encoded, three connections, subjects. */
+async function rawSetup(url: string, tag: string) {
   const p = stepPayloads();
   const bytes = {
     authorize: encode(AuthorizeRequest, p.authorize),
@@ -147,15 +144,34 @@ export async function rawChain(url: string, tag = 'raw'): Promise<StepSide> {
     result: encode(ToolResult, p.result),
   };
   const opts = (name: string) => ({ servers: url, name, noAsyncTraces: true });
-  const planner = await connect(opts(`bench-${tag}-planner`));
-  const supervisor = await connect(opts(`bench-${tag}-supervisor`));
-  const executor = await connect(opts(`bench-${tag}-executor`));
-  const s = {
+  const subjects = {
     authorize: `bench.${tag}.authorize`,
     settle: `bench.${tag}.settle`,
     act: `bench.${tag}.act`,
     exec: `bench.${tag}.exec`,
+    audit: `bench.${tag}.audit`,
   };
+  const planner = await connect(opts(`bench-${tag}-planner`));
+  const supervisor = await connect(opts(`bench-${tag}-supervisor`));
+  const executor = await connect(opts(`bench-${tag}-executor`));
+  /** The planner's side of one step: authorize, settle (fire-and-forget), act. */
+  const step = async (): Promise<void> => {
+    const s = subjects;
+    const d = await planner.request(s.authorize, bytes.authorize, { timeout: TIMEOUT_MS });
+    if (d.data.length !== bytes.decision.length) throw new Error(`${tag} authorize: other bytes`);
+    planner.publish(s.settle, bytes.settle);
+    const r = await planner.request(s.act, bytes.act, { timeout: TIMEOUT_MS });
+    if (r.data.length !== bytes.result.length) throw new Error(`${tag} act: other bytes`);
+  };
+  return { p, bytes, opts, subjects, planner, supervisor, executor, step };
+}
+
+/**
+ * Raw NATS: three connections (planner, supervisor, executor) and callback subscriptions that
+ * answer pre-encoded bytes; `noAsyncTraces` like the runtime's connections.
+ */
+export async function rawChain(url: string, tag = 'raw'): Promise<StepSide> {
+  const { bytes, subjects: s, planner, supervisor, executor, step } = await rawSetup(url, tag);
   let settles = 0;
   supervisor.subscribe(s.authorize, {
     queue: 'sv',
@@ -179,13 +195,7 @@ export async function rawChain(url: string, tag = 'raw'): Promise<StepSide> {
   await Promise.all([supervisor.flush(), executor.flush()]);
   const side: StepSide = {
     name: 'raw',
-    step: async () => {
-      const d = await planner.request(s.authorize, bytes.authorize, { timeout: TIMEOUT_MS });
-      if (d.data.length !== bytes.decision.length) throw new Error('raw authorize: other bytes');
-      planner.publish(s.settle, bytes.settle);
-      const r = await planner.request(s.act, bytes.act, { timeout: TIMEOUT_MS });
-      if (r.data.length !== bytes.result.length) throw new Error('raw act: other bytes');
-    },
+    step,
     close: async () => {
       await closeAll([planner, supervisor, executor]);
     },
@@ -202,32 +212,14 @@ export async function rawChain(url: string, tag = 'raw'): Promise<StepSide> {
  *   authorize: grant record create ∥ budget scope CAS, then audit publish (acked), reply;
  *   settle:    grant record read, scope CAS, grant record update, audit publish (off the path);
  *   act:       breaker CAS, audit publish (acked), forward → executor: idempotency create,
- *              (no-op tool), idempotency update, reply; then a settle → breaker CAS.
+ *              (no-op tool), reply, then idempotency update and a settle → breaker CAS.
  *
  * Pre-encoded payloads as in `rawChain`; KV values are small fixed bytes.
  */
 export async function rawDurableChain(url: string, tag = 'durable'): Promise<StepSide> {
-  const p = stepPayloads();
-  const bytes = {
-    authorize: encode(AuthorizeRequest, p.authorize),
-    decision: encode(Decision, p.decision),
-    settle: encode(SettleRequest, p.settle),
-    act: encode(ActRequest, p.act),
-    execute: encode(ExecuteRequest, p.execute),
-    result: encode(ToolResult, p.result),
-    value: new TextEncoder().encode(JSON.stringify(p.settle)),
-  };
-  const opts = (name: string) => ({ servers: url, name, noAsyncTraces: true });
-  const planner = await connect(opts(`bench-${tag}-planner`));
-  const supervisor = await connect(opts(`bench-${tag}-supervisor`));
-  const executor = await connect(opts(`bench-${tag}-executor`));
-  const s = {
-    authorize: `bench.${tag}.authorize`,
-    settle: `bench.${tag}.settle`,
-    act: `bench.${tag}.act`,
-    exec: `bench.${tag}.exec`,
-    audit: `bench.${tag}.audit`,
-  };
+  const setup = await rawSetup(url, tag);
+  const { p, opts, subjects: s, planner, supervisor, executor, step } = setup;
+  const bytes = { ...setup.bytes, value: new TextEncoder().encode(JSON.stringify(p.settle)) };
   const jsm = await jetstreamManager(supervisor);
   const stream = `BENCH_${tag.toUpperCase()}_AUDIT`;
   await jsm.streams.add({ name: stream, subjects: [`${s.audit}.>`] });
@@ -305,26 +297,18 @@ export async function rawDurableChain(url: string, tag = 'durable'): Promise<Ste
     callback: (err, msg) => {
       if (err) return;
       const key = `k${++k}`;
-      void exKv
-        .create(key, bytes.value)
-        .then((rev) => exKv.update(key, bytes.value, rev))
-        .then(() => {
-          msg.respond(bytes.result);
-          executor.publish(`${s.settle}.tool`, bytes.settle);
-        }, fail);
+      // Claimed before the (no-op) tool runs; the result is stored right after the reply.
+      void exKv.create(key, bytes.value).then((rev) => {
+        msg.respond(bytes.result);
+        executor.publish(`${s.settle}.tool`, bytes.settle);
+        return exKv.update(key, bytes.value, rev);
+      }, fail);
     },
   });
   await Promise.all([supervisor.flush(), executor.flush()]);
   const side: StepSide = {
     name: 'durable',
-    step: async () => {
-      const d = await planner.request(s.authorize, bytes.authorize, { timeout: TIMEOUT_MS });
-      if (d.data.length !== bytes.decision.length)
-        throw new Error('durable authorize: other bytes');
-      planner.publish(s.settle, bytes.settle);
-      const r = await planner.request(s.act, bytes.act, { timeout: TIMEOUT_MS });
-      if (r.data.length !== bytes.result.length) throw new Error('durable act: other bytes');
-    },
+    step,
     close: async () => {
       await closeAll([planner, supervisor, executor]);
       const nc = await connect(opts(`bench-${tag}-cleanup`));
