@@ -3,7 +3,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { RunRecord, RunStartRequest, createGrantSigner, type TraceEvent } from '@reins/protocol';
+import {
+  RunGetRequest,
+  RunRecord,
+  RunStartRequest,
+  createGrantSigner,
+  type TraceEvent,
+} from '@reins/protocol';
 import { Runtime, createLogger, subscribeTraces } from '@reins/runtime';
 import {
   createFileTools,
@@ -86,6 +92,9 @@ describe('a governed run in one process', () => {
     }
   });
 
+  const getRun = (runId: string) =>
+    rt.request(rt.subjects.runsGet, RunGetRequest, RunRecord, { runId });
+
   afterAll(async () => {
     await sv.stop();
     await rt.close();
@@ -105,22 +114,12 @@ describe('a governed run in one process', () => {
       { callback: (e) => events.push(e) },
     );
     await expect
-      .poll(
-        async () =>
-          (
-            await rt.request(rt.subjects.runsGet, z.object({ runId: z.string() }), RunRecord, {
-              runId: run.runId,
-            })
-          ).status,
-        { timeout: 30_000, interval: 100 },
-      )
+      .poll(async () => (await getRun(run.runId)).status, { timeout: 30_000, interval: 100 })
       .toBe('completed');
     const report = await readFile(join(dir, 'report.md'), 'utf8');
     expect(report).toContain('Alpha');
     expect(report).toContain('Beta');
-    const done = await rt.request(rt.subjects.runsGet, z.object({ runId: z.string() }), RunRecord, {
-      runId: run.runId,
-    });
+    const done = await getRun(run.runId);
     expect(done.answer).toBeTruthy();
     expect(done.used.steps).toBeGreaterThanOrEqual(3);
     await expect
@@ -146,19 +145,9 @@ describe('a governed run in one process', () => {
       budget: { steps: 1 },
     });
     await expect
-      .poll(
-        async () =>
-          (
-            await rt.request(rt.subjects.runsGet, z.object({ runId: z.string() }), RunRecord, {
-              runId: run.runId,
-            })
-          ).status,
-        { timeout: 30_000, interval: 100 },
-      )
+      .poll(async () => (await getRun(run.runId)).status, { timeout: 30_000, interval: 100 })
       .toBe('stopped');
-    const rec = await rt.request(rt.subjects.runsGet, z.object({ runId: z.string() }), RunRecord, {
-      runId: run.runId,
-    });
+    const rec = await getRun(run.runId);
     expect(rec.stopReason).toBe('STEP_CAP');
     expect(rec.used.steps).toBe(1);
   });
@@ -195,9 +184,7 @@ describe('a governed run in one process', () => {
     await expect
       .poll(() => events.some((e) => e.event === 'run.end'), { timeout: 60_000, interval: 100 })
       .toBe(true);
-    const rec = await rt.request(rt.subjects.runsGet, z.object({ runId: z.string() }), RunRecord, {
-      runId: run.runId,
-    });
+    const rec = await getRun(run.runId);
     expect(rec.status).toBe('completed');
     expect(rec.answer).toBe('counted');
     expect(rec.used.steps).toBe(steps);
