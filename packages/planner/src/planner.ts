@@ -21,6 +21,7 @@ import {
   RunGetRequest,
   RunRecord,
   RunStartRequest,
+  SettleReply,
   SettleRequest,
   Streams,
   Task,
@@ -47,6 +48,7 @@ import {
   defineActor,
   mapTransportError,
   openBucket,
+  retryTransport,
   type Actor,
   type Runtime,
   type WorkContext,
@@ -104,6 +106,9 @@ const STOP_BY_CODE: Record<string, StopReason> = {
   HALTED: 'HALTED',
   POLICY_DENIED: 'POLICY_DENIED',
 };
+
+/** How long a settle is retried before the reservation is left to be charged at its lease end. */
+const SETTLE_RETRY_MS = 60_000;
 
 /** Pull expiry of the task consumer (also how often a stalled pull is checked and renewed). */
 const PULL_EXPIRES_MS = 5_000;
@@ -184,6 +189,8 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
   const consumer: Consumer = await runtime.js.consumers.get(Streams.tasks, durable);
 
   let messages: ConsumerMessages | undefined;
+  /** Settles sent and not yet acknowledged (see `settle`). */
+  const settling = new Set<Promise<unknown>>();
   const actor = await runtime.start(
     defineActor({
       role,
@@ -233,6 +240,11 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
           stop: async () => {
             stopping = true;
             await messages?.close().catch(() => undefined);
+            // Settles still on their way: give them a moment before the connection closes.
+            await Promise.race([
+              Promise.allSettled([...settling]),
+              new Promise((r) => setTimeout(r, 5_000).unref()),
+            ]);
           },
         });
       },
@@ -642,25 +654,36 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
     return [...out, ...state.history];
   }
 
+  /**
+   * Settles a model-call grant without holding up the step: sent as a request and retried (a
+   * supervisor restarting, JetStream electing a leader) until a supervisor acknowledges it. One
+   * that never gets through leaves the reservation to be charged in full when its lease ends:
+   * the budget stays safe but counts the worst case. Settling twice counts once.
+   */
   function settle(
     grant: Grant,
     actual: { inputTokens: number; outputTokens: number; usd: number },
     outcome: 'ok' | 'error',
   ): void {
-    try {
-      runtime.publish(subjects.settle, SettleRequest, {
-        grantId: grant.grantId,
-        runId: grant.runId,
-        agentId: grant.agentId,
-        actual: { ...actual, steps: 1 },
-        outcome,
-      });
-    } catch (err) {
+    const req = {
+      grantId: grant.grantId,
+      runId: grant.runId,
+      agentId: grant.agentId,
+      actual: { ...actual, steps: 1 },
+      outcome,
+    };
+    const sent = retryTransport(
+      'settle',
+      () => runtime.request(subjects.settle, SettleRequest, SettleReply, req, { timeoutMs: 5_000 }),
+      { timeoutMs: SETTLE_RETRY_MS },
+    ).catch((err: unknown) => {
       runtime.logger.error(
         { err, grantId: grant.grantId },
-        'settle could not be sent; the reservation will be reaped',
+        'settle not acknowledged; the reservation will be charged in full when its lease ends',
       );
-    }
+    });
+    settling.add(sent);
+    void sent.finally(() => settling.delete(sent));
   }
 
   async function runToolCall(

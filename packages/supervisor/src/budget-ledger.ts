@@ -98,7 +98,7 @@ export interface SettleResult {
   settled: boolean;
   /** True when an earlier settle of the same grant already counted. */
   duplicate: boolean;
-  /** True when a reservation had already been reaped on some scope (the spend still counts). */
+  /** True when the reaper had already charged the reservation on some scope (now corrected to the actual). */
   reaped: boolean;
   /** Dimensions where the actual exceeded the reservation, by how much (user units). */
   overshoot?: Partial<LedgerAmount>;
@@ -514,9 +514,9 @@ export class BudgetLedger {
 
   /**
    * Commits what a granted call really used and releases its reservation. Settling the same
-   * grant again counts once (`duplicate: true`). A reservation the reaper already returned
-   * still has its actual spend committed (the spend happened; `reaped: true`), and actual
-   * usage above the reservation is committed as is (`overshoot`). An unknown grant id (never
+   * grant again counts once (`duplicate: true`). A reservation the reaper already charged in
+   * full is corrected to the actual spend (`reaped: true`), and actual usage above the
+   * reservation is committed as is (`overshoot`). An unknown grant id (never
    * reserved, refused, or older than the retention) answers `settled: false`.
    */
   async settle(grantId: string, actual: z.input<typeof Usage>): Promise<SettleResult> {
@@ -534,6 +534,7 @@ export class BudgetLedger {
     const scopes = entry.record.scopes;
     for (let i = 0; i < scopes.length; i++) {
       const scope = scopes[i] as string;
+      const charged = entry.record.amount;
       const applied = await this.#mutate<'dup' | 'ok' | 'reaped' | 'unverified'>(scope, (doc) => {
         const current = doc ?? emptyDoc();
         if (current.settled.includes(grantId)) return { result: 'dup' };
@@ -542,7 +543,11 @@ export class BudgetLedger {
         const next = cloneDoc(current);
         const held = next.reservations[grantId] !== undefined;
         next.reservations = without(next.reservations, [grantId]);
-        next.committed = add(next.committed, amount);
+        // Held: commit the actual. Reaped: the reaper charged the reserved amount; correct it
+        // to the actual (up when the call overshot, down otherwise).
+        next.committed = held
+          ? add(next.committed, amount)
+          : subClip(add(next.committed, amount), charged);
         next.settled.push(grantId);
         if (next.settled.length > this.#ring)
           next.settled.splice(0, next.settled.length - this.#ring);
@@ -588,8 +593,10 @@ export class BudgetLedger {
   }
 
   /**
-   * Returns every reservation whose lease ended at or before `now` to its scope and reports
-   * them. Scans every scope key: run it from a background reaper, not a hot path.
+   * Charges every reservation whose lease ended at or before `now` (no settle came: its holder
+   * crashed, or the settle was lost) in full to its scope — fail closed: an unsettled call may
+   * have been made — and reports them; a settle that still arrives corrects the charge to the
+   * actual. Scans every scope key: run it from a background reaper, not a hot path.
    *
    * A pass is bounded: it lists the scopes once (a snapshot, not a live consumer), reads them
    * all, and only writes the scopes that hold an expired reservation, each with a few quick CAS
@@ -954,6 +961,10 @@ export class BudgetLedger {
         next.reservations,
         expired.map(([id]) => id),
       );
+      // Fail closed: a reservation nobody settled is charged in full, as if spent. Its holder
+      // may have crashed after the model call, or the settle was lost: returning it would let
+      // the run spend past its cap. A settle that still comes corrects it to the actual.
+      for (const [, r] of expired) next.committed = add(next.committed, r.amount);
       try {
         const rev = await this.#kv.update(scope, encoder.encode(JSON.stringify(next)), snap.rev);
         this.#remember(scope, next, rev);

@@ -88,7 +88,7 @@ export interface SupervisorOptions {
   breakers?: z.input<typeof BreakerConfig>;
   /** Lifetime of a grant (default 60 s; a tool grant lives at least its timeout). */
   grantTtlMs?: number;
-  /** Lease of an unsettled reservation before the reaper returns it (default 120 s). */
+  /** Lease of an unsettled reservation before the reaper charges it in full (default 120 s). */
   leaseMs?: number;
   /** Reaper pass interval (default 5 s). */
   reaperIntervalMs?: number;

@@ -120,7 +120,7 @@ describe('BudgetLedger', () => {
     expect(tokens).toMatchObject({ ok: false, dimension: 'tokens', cap: 1000, wouldBe: 1100 });
   });
 
-  it('returns a leaked reservation once the lease ends and the reaper runs', async () => {
+  it('charges a reservation nobody settled in full once its lease ends (fail closed)', async () => {
     const runId = uid('leak');
     const scope = `run.${runId}`;
     await ledger(0).setCap(scope, { usd: 1 });
@@ -154,17 +154,31 @@ describe('BudgetLedger', () => {
       })
       .toBe(0);
     expect(reaped).toContainEqual(expect.objectContaining({ scope, grantId: leaked }));
+    // The holder may have made the call and crashed before settling: the budget counts it as
+    // spent, so the cap still holds; nothing more fits.
+    expect(micros((await ledger(1).get(scope)).committed.usd)).toBe(micros(1));
     expect(
       await ledger(1).reserve({
         grantId: uid('g'),
         scopes: [scope],
-        amount: { usd: 1 },
+        amount: { usd: 0.01 },
+        leaseMs: 60_000,
+      }),
+    ).toMatchObject({ ok: false, dimension: 'usd' });
+    // A settle that still comes corrects the charge to what was really spent.
+    expect(await ledger(0).settle(leaked, { usd: 0.25 })).toMatchObject({ reaped: true });
+    expect(micros((await ledger(1).get(scope)).committed.usd)).toBe(micros(0.25));
+    expect(
+      await ledger(1).reserve({
+        grantId: uid('g'),
+        scopes: [scope],
+        amount: { usd: 0.75 },
         leaseMs: 60_000,
       }),
     ).toMatchObject({ ok: true });
   });
 
-  it('commits a late settle of a reaped reservation, once', async () => {
+  it('corrects the full charge of a reaped reservation to a late settle, once', async () => {
     const runId = uid('late');
     const scope = `run.${runId}`;
     await ledger(0).setCap(scope, { usd: 1 });
@@ -173,6 +187,7 @@ describe('BudgetLedger', () => {
     const reaped = await ledger(1).reap(Date.now() + 2_000);
     expect(reaped.map((r) => r.grantId)).toContain(grantId);
     expect((await ledger(0).get(scope)).reserved.usd).toBe(0);
+    expect(micros((await ledger(0).get(scope)).committed.usd)).toBe(micros(0.5));
     const s = await ledger(2).settle(grantId, { usd: 0.7 });
     expect(s).toEqual({ settled: true, duplicate: false, reaped: true, overshoot: { usd: 0.2 } });
     expect(await ledger(0).settle(grantId, { usd: 0.7 })).toMatchObject({ duplicate: true });

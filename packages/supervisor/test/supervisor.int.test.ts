@@ -254,9 +254,10 @@ describe('supervisor actor', () => {
     expect(results).toEqual(['grant', 'grant', 'grant', 'grant', 'deny', 'deny']);
   });
 
-  it('returns a reservation whose holder never settles after its lease', async () => {
+  it('charges a reservation whose holder never settles once its lease ends; a late settle corrects it', async () => {
     const run = await start({ usd: 0.5 });
-    expect((await authorize(run.runId, 0.5)).decision).toBe('grant');
+    const first = await authorize(run.runId, 0.5);
+    if (first.decision !== 'grant') throw new Error('expected a grant');
     expect((await authorize(run.runId, 0.1)).decision).toBe('deny');
     await expect
       .poll(
@@ -272,6 +273,17 @@ describe('supervisor actor', () => {
         { timeout: 10_000, interval: 100 },
       )
       .toBe(0);
+    // Charged in full (the call may have been made): still nothing fits.
+    expect((await authorize(run.runId, 0.1)).decision).toBe('deny');
+    // The holder's settle arrives after all: the run is charged what it spent.
+    const settled = await client.request(client.subjects.settle, SettleRequest, SettleReply, {
+      grantId: first.grant.grantId,
+      runId: run.runId,
+      agentId: 'p1',
+      actual: { inputTokens: 10, outputTokens: 10, usd: 0.2, steps: 1 },
+      outcome: 'ok',
+    });
+    expect(settled).toMatchObject({ settled: true, duplicate: false });
     expect((await authorize(run.runId, 0.1)).decision).toBe('grant');
   });
 
