@@ -163,7 +163,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
   // What a planner remembers between steps of a run (bounded; oldest dropped first). The run
   // record's fields a step uses (goal, input, budget, role, tenant) never change, and whether the
   // run is still live is the supervisor's call at authorize and act. The state is the one this
-  // planner last wrote: a stale revision fails the lease CAS, and the step then reads it afresh.
+  // planner last wrote: with a stale revision the step's next write fails its compare-and-set.
   const runCache = new BoundedMap<string, RunRecord>(CACHE_RUNS);
   const stateCache = new BoundedMap<string, StoredState>(CACHE_RUNS);
 
