@@ -94,10 +94,17 @@ describe('crash recovery across service processes', () => {
 
     const run = await e.client.runs.start(GOAL, { role: 'researcher', budget: { steps: 20 } });
     await using trace = await e.trace(run.id);
-    // Killed while the planner's model call of step 2 runs: its settle is lost, and its tool
-    // calls find no supervisor (or the new one) — retryable, so the step is retried.
+    // Killed while the planner's model call of step 2 runs: its settle finds no supervisor and
+    // is retried until the new one takes it; its tool calls find no supervisor (or the new one)
+    // — retryable, so the step is retried.
     await trace.waitFor((ev) => ev.event === 'model.call' && ev.stepId === 's2', 'model.call s2');
     await e.swarm.kill('sv-1', 'SIGKILL');
+    // The call ends while no supervisor runs: its settle finds nobody and must be retried.
+    await trace.waitFor(
+      (ev) => ev.event === 'model.result' && ev.stepId === 's2',
+      'model.result s2',
+    );
+    await new Promise((r) => setTimeout(r, 500));
     // Same key, same identity: a restarted service, not a new one.
     e.startSupervisor('sv-1');
 
@@ -110,6 +117,28 @@ describe('crash recovery across service processes', () => {
       .filter((ev) => ev.event === 'step.end' && ev.data['denied'] === undefined)
       .map((ev) => ev.stepId);
     expect(new Set(steps)).toEqual(new Set(['s1', 's2', 's3', 's4']));
+    // The budget counts what the model calls used, to the token, across the crash: no settle
+    // was lost (none left to be charged at its worst case) and nothing stays reserved.
+    const used = trace.events
+      .filter((ev) => ev.event === 'model.result')
+      .map((ev) => ev.data['usage'] as { inputTokens: number; outputTokens: number });
+    const spent = {
+      inputTokens: used.reduce((n, u) => n + u.inputTokens, 0),
+      outputTokens: used.reduce((n, u) => n + u.outputTokens, 0),
+    };
+    await expect
+      .poll(
+        async () => {
+          const b = await run.budget();
+          return {
+            inputTokens: b.committed.inputTokens,
+            outputTokens: b.committed.outputTokens,
+            reserved: b.reserved.outputTokens,
+          };
+        },
+        { timeout: 20_000, interval: 250 },
+      )
+      .toEqual({ ...spent, reserved: 0 });
     // The restarted supervisor continued its audit chain.
     const entries = [];
     for await (const entry of readAudit(e.client.runtime.nc)) entries.push(entry);
