@@ -11,7 +11,7 @@ import {
   type GrantSigner,
 } from '@reins/protocol';
 import { Runtime, createLogger, type RuntimeOptions } from '@reins/runtime';
-import { startNatsServer, type NatsServer } from '@reins/testing';
+import { aborted, deferred, startNatsServer, type NatsServer } from '@reins/testing';
 import { startExecutor, type Executor, type ExecutorOptions } from '@reins/executor';
 
 /** A runtime on a test server with logs kept quiet unless REINS_LOG_LEVEL says otherwise. */
@@ -24,20 +24,7 @@ export function testRuntime(url: string, options: RuntimeOptions = {}): Promise<
   });
 }
 
-/** A promise with its resolver, for waiting on events. */
-export function deferred<T = void>(): { promise: Promise<T>; resolve: (v: T) => void } {
-  let resolve!: (v: T) => void;
-  const promise = new Promise<T>((r) => (resolve = r));
-  return { promise, resolve };
-}
-
-/** Resolves when `signal` aborts (never rejects). */
-export function aborted(signal: AbortSignal): Promise<unknown> {
-  return new Promise((r) => {
-    if (signal.aborted) r(signal.reason);
-    else signal.addEventListener('abort', () => r(signal.reason), { once: true });
-  });
-}
+export { aborted, deferred } from '@reins/testing';
 
 /** The planner identity grants are issued to in these tests. */
 export const PLANNER = { agentId: 'planner-1', role: 'planner' } as const;

@@ -10,17 +10,4 @@ export function testRuntime(url: string, options: RuntimeOptions = {}): Promise<
   });
 }
 
-/** A promise with its resolver, for waiting on events. */
-export function deferred<T = void>(): { promise: Promise<T>; resolve: (v: T) => void } {
-  let resolve!: (v: T) => void;
-  const promise = new Promise<T>((r) => (resolve = r));
-  return { promise, resolve };
-}
-
-/** Resolves when `signal` aborts (never rejects). */
-export function aborted(signal: AbortSignal): Promise<unknown> {
-  return new Promise((r) => {
-    if (signal.aborted) r(signal.reason);
-    else signal.addEventListener('abort', () => r(signal.reason), { once: true });
-  });
-}
+export { aborted, deferred } from '@reins/testing';

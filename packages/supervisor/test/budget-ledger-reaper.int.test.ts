@@ -1,10 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { startNatsServer, type NatsServer } from '@reins/testing';
-import { BudgetLedger, budgetScopes, type ReapedReservation, type Reaper } from '../src/index.js';
-
-let seq = 0;
-const uid = (p: string) => `${p}${Date.now().toString(36)}${(seq++).toString(36)}`;
+import { describe, expect, it } from 'vitest';
+import { uid, useLedgers } from './ledger-fixture.js';
+import { budgetScopes, type ReapedReservation, type Reaper } from '../src/index.js';
 
 /** Resolves with `p`, or rejects when it has not settled after `ms` (a hang guard, not a timing check). */
 async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -23,25 +19,7 @@ async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 // listed keys with a live consumer and CAS-retried contended scopes for seconds), so a leaked
 // reservation was not returned in time and `stop()` hung on the running pass.
 describe('BudgetLedger reapers sharing a bucket', () => {
-  let nats: NatsServer;
-  const conns: NatsConnection[] = [];
-  const ledgers: BudgetLedger[] = [];
-
-  beforeAll(async () => {
-    nats = await startNatsServer();
-    for (let i = 0; i < 3; i++) {
-      const nc = await connect({ servers: nats.url, noAsyncTraces: true });
-      conns.push(nc);
-      ledgers.push(await BudgetLedger.open(nc, { maxAttempts: 10_000, casDeadlineMs: 50_000 }));
-    }
-  });
-
-  afterAll(async () => {
-    for (const nc of conns) await nc.close();
-    await nats.stop();
-  });
-
-  const ledger = (i: number) => ledgers[i % ledgers.length]!;
+  const { ledger, ledgers } = useLedgers(3);
 
   it('return a leaked reservation under load, never reap twice, and stop promptly', async () => {
     const reaped: ReapedReservation[] = [];

@@ -1,39 +1,20 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect } from '@nats-io/transport-node';
 import { ConflictError, ProtocolError, UnavailableError } from '@reins/protocol';
-import { startNatsServer, type NatsServer } from '@reins/testing';
+import { startNatsServer } from '@reins/testing';
 import {
   BudgetLedger,
   budgetScopes,
   type ReapedReservation,
   type ReserveResult,
 } from '../src/index.js';
+import { uid, useLedgers } from './ledger-fixture.js';
 
 const micros = (usd: number) => Math.round(usd * 1e6);
-let seq = 0;
-const uid = (p: string) => `${p}${Date.now().toString(36)}${(seq++).toString(36)}`;
 
 describe('BudgetLedger', () => {
-  let nats: NatsServer;
-  const conns: NatsConnection[] = [];
-  const ledgers: BudgetLedger[] = [];
-
-  beforeAll(async () => {
-    nats = await startNatsServer();
-    for (let i = 0; i < 3; i++) {
-      const nc = await connect({ servers: nats.url, noAsyncTraces: true });
-      conns.push(nc);
-      ledgers.push(await BudgetLedger.open(nc, { maxAttempts: 10_000, casDeadlineMs: 50_000 }));
-    }
-  });
-
-  afterAll(async () => {
-    for (const nc of conns) await nc.close();
-    await nats.stop();
-  });
-
-  const ledger = (i: number) => ledgers[i % ledgers.length]!;
+  const { ledger } = useLedgers(3);
 
   it('admits exactly cap/amount of 200 concurrent reservations over 3 connections, settles to the cent', async () => {
     const runId = uid('race');

@@ -14,3 +14,4 @@ export type {
 } from './fake-openai.js';
 export { startSwarm } from './swarm.js';
 export type { ServiceSpec, Swarm, SwarmOptions } from './swarm.js';
+export { aborted, deferred } from './async.js';
