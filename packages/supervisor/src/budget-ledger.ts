@@ -185,7 +185,7 @@ export interface ReserveRequest {
   /** Scope keys: `run.<id>`, `agent.<id>`, `role.<id>`, `tenant.<id>`, `global`. */
   scopes: readonly string[];
   amount: z.input<typeof Usage>;
-  /** How long the reservation lives unsettled before the reaper may return it. */
+  /** How long the reservation lives unsettled before the reaper charges it in full. */
   leaseMs: number;
 }
 

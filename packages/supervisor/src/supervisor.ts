@@ -433,9 +433,14 @@ export async function startSupervisor(
   const reaper: Reaper = ledger.startReaper(options.reaperIntervalMs ?? 5_000, {
     onReaped: (reaped) => {
       for (const r of reaped) {
+        // Nobody settled it (a crashed holder, a lost settle): charged in full, fail closed.
+        logger.warn(
+          { scope: r.scope, grantId: r.grantId, amount: r.amount },
+          'unsettled reservation charged in full at the end of its lease',
+        );
         void record({
           action: 'reap',
-          details: { scope: r.scope, grantId: r.grantId, amount: r.amount },
+          details: { scope: r.scope, grantId: r.grantId, amount: r.amount, charged: true },
         }).catch(() => undefined);
       }
     },
