@@ -99,12 +99,13 @@ describe('crash recovery across service processes', () => {
     // — retryable, so the step is retried.
     await trace.waitFor((ev) => ev.event === 'model.call' && ev.stepId === 's2', 'model.call s2');
     await e.swarm.kill('sv-1', 'SIGKILL');
-    // The call ends while no supervisor runs: its settle finds nobody and must be retried.
+    // The call ends while no supervisor runs: its settle finds nobody and must be retried. The
+    // planner sends the settle before it publishes `model.result`, on the same connection, so
+    // once the event is in the stream the settle has already gone out to no supervisor.
     await trace.waitFor(
       (ev) => ev.event === 'model.result' && ev.stepId === 's2',
       'model.result s2',
     );
-    await new Promise((r) => setTimeout(r, 500));
     // Same key, same identity: a restarted service, not a new one.
     e.startSupervisor('sv-1');
 
