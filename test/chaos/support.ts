@@ -8,6 +8,7 @@ import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Buckets, decode, type AuditEntry, type RunRecord, type TraceEvent } from '@reins/protocol';
 import { BudgetLedger } from '@reins/supervisor';
+import { syncAlwaysConfig } from '@reins/runtime';
 import { natsServerVersion } from '@reins/testing';
 import { DOCS, startE2E, waitFor, type E2E } from '../support/e2e.js';
 import {
@@ -217,11 +218,8 @@ export function chaosExecutors(e: E2E, env: Record<string, string>): ChaosExecut
  * docs/reliability.md.)
  */
 export async function natsRestartScenario(): Promise<void> {
-  const [major = 0, minor = 0] = natsServerVersion().split('.').map(Number);
-  const syncAlways = major > 2 || (major === 2 && minor >= 10);
-  await using e = await startE2E(
-    syncAlways ? { natsConfig: 'jetstream { sync_interval: always }\n' } : {},
-  );
+  const sync = syncAlwaysConfig(natsServerVersion());
+  await using e = await startE2E(sync ? { natsConfig: sync } : {});
   e.startSupervisor('sv-1');
   e.startExecutor('exec-1');
   e.startPlanner('planner-a', { REINS_SCRIPTED_LATENCY_MS: '1000' });

@@ -42,18 +42,6 @@ export function natsServerVersion(bin: string): string | undefined {
   return /v?(\d+\.\d+\.\d+)/.exec(`${out.stdout ?? ''}${out.stderr ?? ''}`)?.[1];
 }
 
-/**
- * The JetStream setting that makes nats-server flush every write to disk before acknowledging
- * it (so an acknowledged ledger commit or audit entry survives a machine crash, not only a
- * server crash), or undefined when this nats-server is older than 2.10 and rejects the field.
- */
-export function syncAlwaysConfig(version: string | undefined): string | undefined {
-  const [major = 0, minor = 0] = (version ?? '').split('.').map(Number);
-  return major > 2 || (major === 2 && minor >= 10)
-    ? 'jetstream { sync_interval: always }\n'
-    : undefined;
-}
-
 /** Options of `startLocalNats`. */
 export interface LocalNatsOptions {
   bin: string;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { syncAlwaysConfig } from '../src/nats-server.js';
+import { syncAlwaysConfig } from '@reins/runtime';
 
 describe('reins up: nats-server durability setting', () => {
   it('asks for every write to be synced where nats-server supports it (≥ 2.10), not before', () => {

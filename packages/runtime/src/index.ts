@@ -36,6 +36,7 @@ export {
   nkeyConnection,
   loadNkeySeed,
   inboxPrefixOf,
+  syncAlwaysConfig,
 } from './secure-mode.js';
 export type {
   SecureRole,

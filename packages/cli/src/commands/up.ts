@@ -5,6 +5,7 @@ import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { ReinsClient } from '@reins/client';
 import { DEFAULT_PREFIX, Heartbeat, createGrantSigner, decode } from '@reins/protocol';
+import { syncAlwaysConfig } from '@reins/runtime';
 import { loadPolicyFile, loadSigningKey } from '@reins/supervisor';
 import { natsUrl, openClient, type CommonOptions } from '../connection.js';
 import { CliError, ExitCode, explainError, usageError } from '../errors.js';
@@ -15,7 +16,6 @@ import {
   findNatsServer,
   natsServerVersion,
   startLocalNats,
-  syncAlwaysConfig,
   type LocalNats,
 } from '../nats-server.js';
 import { createStyle, formatDuration, printJson, println, type Style } from '../output.js';
