@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { syncAlwaysConfig } from '@reins/runtime';
 
-describe('reins up: nats-server durability setting', () => {
+describe('syncAlwaysConfig: the nats-server durability setting reins up uses', () => {
   it('asks for every write to be synced where nats-server supports it (≥ 2.10), not before', () => {
     expect(syncAlwaysConfig('2.9.10')).toBeUndefined();
     expect(syncAlwaysConfig(undefined)).toBeUndefined();
