@@ -119,27 +119,7 @@ export async function startExecutor(runtime: Runtime, options: ExecutorOptions):
           logger: actor.logger,
           maxRecordBytes: runtime.maxPayloadBytes - RECORD_OVERHEAD_BYTES,
         });
-        // Results stored after the reply went out (see `run`): shutdown waits for them.
-        const storing = new Set<Promise<unknown>>();
-        actor.own({
-          stop: () =>
-            Promise.race([
-              Promise.allSettled([...storing]),
-              new Promise((r) => setTimeout(r, STORE_DRAIN_MS).unref()),
-            ]).then(() => undefined),
-        });
-        const afterReply = (p: Promise<unknown>) => {
-          storing.add(p);
-          void p.finally(() => storing.delete(p));
-        };
-        const execution: Execution = {
-          runtime,
-          actor,
-          ledger,
-          trustedIssuers,
-          isRevoked,
-          afterReply,
-        };
+        const execution: Execution = { runtime, actor, ledger, trustedIssuers, isRevoked };
         for (const tool of tools.values()) {
           const subject = runtime.subjects.exec(tool.name);
           actor.handle(subject, IncomingExecute, (req, ctx) => execute(execution, tool, req, ctx), {
@@ -170,8 +150,6 @@ interface Execution {
   ledger: IdempotencyLedger;
   trustedIssuers: readonly string[];
   isRevoked: (grantId: string) => boolean;
-  /** Work that finishes after the reply went out (shutdown waits for it). */
-  afterReply: (p: Promise<unknown>) => void;
 }
 
 /** Checks the grant for exactly this request; throws `GrantInvalidError`. */
@@ -430,7 +408,7 @@ async function run(
   // outcome as unknown — as after a crash mid-tool.
   if (!result.ok && result.outcome === 'aborted') await lease.release();
   else
-    x.afterReply(
+    x.actor.background(
       lease.finish(done(result)).catch((err: unknown) => {
         x.actor.logger.error({ err, ...base }, 'could not store the tool result');
       }),
@@ -446,9 +424,6 @@ async function run(
   settleLater(x, grant, req.runId, result);
   return result;
 }
-
-/** How long shutdown waits for results still being stored. */
-const STORE_DRAIN_MS = 10_000;
 
 /** Settles after the reply has gone out (the reply is sent when the handler returns). */
 function settleLater(x: Execution, grant: Grant, runId: string, result: ToolResult): void {

@@ -189,8 +189,6 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
   const consumer: Consumer = await runtime.js.consumers.get(Streams.tasks, durable);
 
   let messages: ConsumerMessages | undefined;
-  /** Settles sent and not yet acknowledged (see `settle`). */
-  const settling = new Set<Promise<unknown>>();
   const actor = await runtime.start(
     defineActor({
       role,
@@ -240,11 +238,6 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
           stop: async () => {
             stopping = true;
             await messages?.close().catch(() => undefined);
-            // Settles still on their way: give them a moment before the connection closes.
-            await Promise.race([
-              Promise.allSettled([...settling]),
-              new Promise((r) => setTimeout(r, 5_000).unref()),
-            ]);
           },
         });
       },
@@ -502,6 +495,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         const cutOff =
           err instanceof ReinsError && (err.code === 'ABORTED' || err.code === 'TIMEOUT');
         settle(
+          a,
           grant,
           cutOff
             ? {
@@ -515,7 +509,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         throw err;
       }
       const usd = costOrZero(model, result.usage);
-      settle(grant, { ...result.usage, usd }, 'ok');
+      settle(a, grant, { ...result.usage, usd }, 'ok');
       trace(
         'model.result',
         {
@@ -661,6 +655,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
    * the budget stays safe but counts the worst case. Settling twice counts once.
    */
   function settle(
+    a: Actor,
     grant: Grant,
     actual: { inputTokens: number; outputTokens: number; usd: number },
     outcome: 'ok' | 'error',
@@ -682,8 +677,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         'settle not acknowledged; the reservation will be charged in full when its lease ends',
       );
     });
-    settling.add(sent);
-    void sent.finally(() => settling.delete(sent));
+    a.background(sent);
   }
 
   async function runToolCall(

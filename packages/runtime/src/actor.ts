@@ -190,6 +190,8 @@ export class Actor implements AsyncDisposable {
   #stopping: Promise<{ abandoned: number }> | undefined;
   readonly #statusListeners = new Set<(status: ActorStatus) => void>();
   readonly #consumers = new Set<{ stop(): Promise<void> | void }>();
+  /** Work that outlives the request or task that started it (see `background`). */
+  readonly #background = new Set<Promise<void>>();
 
   /** Use `runtime.start()`. */
   constructor(runtime: Runtime, definition: ActorDefinition) {
@@ -466,6 +468,20 @@ export class Actor implements AsyncDisposable {
     this.#answer(msg, subject, e.data, e.headers);
   }
 
+  /**
+   * Tracks work that finishes after its request was answered or its task acked (a result
+   * stored for replays, a settle still being retried): `stop()` waits for it, after the units
+   * of work, up to its deadline. Its failure is the caller's to handle; it is only awaited here.
+   */
+  background(work: Promise<unknown>): void {
+    const tracked = work.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.#background.add(tracked);
+    void tracked.then(() => this.#background.delete(tracked));
+  }
+
   /** Registers something with a `stop()` (a task consumer) to stop when the actor stops. */
   own(resource: { stop(): Promise<void> | void }): void {
     this.#consumers.add(resource);
@@ -678,6 +694,8 @@ export class Actor implements AsyncDisposable {
       );
     }
     const abandoned = [...this.#units];
+    // What the finished work left running (stored results, settles) before the connection goes.
+    await settleWithin([...this.#background], deadlineMs);
     if (abandoned.length) {
       this.logger.error(
         { abandoned: abandoned.map((u) => ({ label: u.label, runId: u.runId })) },

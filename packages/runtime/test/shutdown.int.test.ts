@@ -4,6 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { ChildProcess } from 'node:child_process';
 import { z } from 'zod';
 import { startNatsServer } from '@reins/testing';
+import { defineActor } from '@reins/runtime';
 import { testRuntime } from './helpers.js';
 
 const fixture = fileURLToPath(new URL('./fixtures/sigterm-actor.ts', import.meta.url));
@@ -68,5 +69,26 @@ describe('shutdown on SIGTERM', () => {
     child.kill('SIGTERM');
     // exit code 1 says work was abandoned; the point is that it exits well before the 60 s handler ends
     expect(await exited).toBe(1);
+  });
+});
+
+describe('stop() and background work', () => {
+  it('waits for work an actor left running after answering (a result still being stored)', async () => {
+    await using nats = await startNatsServer();
+    await using rt = await testRuntime(nats.url);
+    const actor = await rt.start(defineActor({ role: 'bg' }));
+    let stored = false;
+    // Finishes well after a stop that did not wait for it would have returned.
+    actor.background(
+      new Promise<void>((r) => setTimeout(r, 300)).then(() => {
+        stored = true;
+      }),
+    );
+    await actor.stop();
+    expect(stored).toBe(true);
+    // A failed background write does not fail the stop.
+    const other = await rt.start(defineActor({ role: 'bg2' }));
+    other.background(Promise.reject(new Error('write failed')));
+    await expect(other.stop()).resolves.toMatchObject({ abandoned: 0 });
   });
 });
