@@ -45,6 +45,7 @@ import {
   type ToolSpec,
 } from '@reins/models';
 import {
+  BoundedMap,
   defineActor,
   mapTransportError,
   openBucket,
@@ -817,22 +818,6 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
 
 /** Runs (records and states) a planner remembers between steps. */
 const CACHE_RUNS = 10_000;
-
-/** A Map that forgets its oldest entries beyond `max`. */
-class BoundedMap<K, V> extends Map<K, V> {
-  constructor(private readonly max: number) {
-    super();
-  }
-  override set(key: K, value: V): this {
-    this.delete(key);
-    super.set(key, value);
-    if (this.size > this.max) {
-      const oldest = this.keys().next();
-      if (!oldest.done) this.delete(oldest.value);
-    }
-    return this;
-  }
-}
 
 function isEnded(run: RunRecord): boolean {
   return run.status === 'completed' || run.status === 'stopped' || run.status === 'failed';

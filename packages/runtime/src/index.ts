@@ -47,3 +47,4 @@ export type {
 } from './secure-mode.js';
 export { CommaList, ServiceEnv, runService } from './service.js';
 export { ServerClock, type ServerClockOptions } from './server-clock.js';
+export { BoundedMap } from './bounded-map.js';

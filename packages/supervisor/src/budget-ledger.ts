@@ -4,7 +4,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { z } from 'zod';
 import { Budget, Buckets, ReinsError, Usage, assertId, parse } from '@reins/protocol';
 import { ConflictError, ProtocolError, UnavailableError } from '@reins/protocol';
-import { isCasConflict } from '@reins/runtime';
+import { BoundedMap, isCasConflict } from '@reins/runtime';
 import { backoffDelay, sleep } from './backoff.js';
 
 // Ledger layout (JetStream KV, history 1, CAS on every write):
@@ -383,7 +383,13 @@ export class BudgetLedger {
   readonly #stream: string;
   readonly #subjectPrefix: string;
   readonly #cache = new Map<string, { doc: ScopeDoc; rev: number }>();
-  readonly #grantCache = new Map<string, { record: GrantRecord; rev: number }>();
+  /**
+   * Grants this ledger reserved, as written: the settle that usually follows (on this
+   * supervisor) skips a read. A stale entry only costs a failed CAS and a fresh read.
+   */
+  readonly #grantCache = new BoundedMap<string, { record: GrantRecord; rev: number }>(
+    GRANT_CACHE_SIZE,
+  );
   readonly #maxAttempts: number;
   readonly #casDeadlineMs: number;
   readonly #ring: number;
@@ -767,7 +773,7 @@ export class BudgetLedger {
   async #createGrant(grantId: string, record: GrantRecord): Promise<number> {
     try {
       const rev = await this.#grants.create(grantId, encoder.encode(JSON.stringify(record)));
-      this.#rememberGrant(grantId, { record, rev });
+      this.#grantCache.set(grantId, { record, rev });
       return record.expiresAt;
     } catch (err) {
       if (!isCasConflict(err)) throw unavailable('cannot record the grant', err);
@@ -781,18 +787,6 @@ export class BudgetLedger {
       return existing.record.expiresAt; // a retry of the same reservation
     }
     throw new ConflictError(`grant id ${grantId} is already used`, { retryable: false });
-  }
-
-  /**
-   * Grants this ledger reserved, as written: the settle that usually follows (on this
-   * supervisor) skips a read. A stale entry only costs a failed CAS and a fresh read.
-   */
-  #rememberGrant(grantId: string, entry: { record: GrantRecord; rev: number }): void {
-    this.#grantCache.set(grantId, entry);
-    if (this.#grantCache.size > GRANT_CACHE_SIZE) {
-      const oldest = this.#grantCache.keys().next();
-      if (!oldest.done) this.#grantCache.delete(oldest.value);
-    }
   }
 
   async #getGrant(grantId: string): Promise<{ record: GrantRecord; rev: number } | null> {
