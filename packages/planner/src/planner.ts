@@ -460,8 +460,8 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         trace('step.end', { step: stepNo, denied: err.code, rule: decision.rule });
         if (decision.rule === 'run.not_live' || decision.rule === 'run.unknown') {
           // The run ended, or was halted or paused, since this planner cached its record.
+          // (No lease to release: this path holds none, and `handleTask` releases on failure.)
           forget(runId);
-          await releaseLease(runId, a.agentId);
           const fresh = await fetchRun(runId, ctx);
           if (isEnded(fresh) || fresh.status === 'halted' || fresh.status === 'paused')
             throw new Suspend();
