@@ -12,6 +12,7 @@ import {
   RunGetRequest,
   RunRecord,
   RunStartRequest,
+  Buckets,
   createGrantSigner,
   type TraceEvent,
 } from '@reins/protocol';
@@ -22,13 +23,22 @@ import {
   createSecureConfig,
   listAgents,
   nkeyConnection,
+  servingConnection,
   subscribeTraces,
+  type SecurityEvent,
   type RuntimeOptions,
   type SecureConfig,
   type SecureRole,
 } from '@reins/runtime';
 import { createFileTools, createScriptedModel, researchScript, toolSpec } from '@reins/models';
-import { startSupervisor, type Supervisor } from '@reins/supervisor';
+import { readAudit, startSupervisor, type Supervisor } from '@reins/supervisor';
+import { Kvm } from '@nats-io/kv';
+import {
+  PermissionViolationError,
+  connect,
+  type Msg,
+  type NatsConnection,
+} from '@nats-io/transport-node';
 import { startExecutor } from '@reins/executor';
 import { startPlanner } from '@reins/planner';
 
@@ -51,17 +61,22 @@ describe('secure mode: a governed run with one restricted NATS user per role', (
       name: `reins-${role}`,
       logger: quiet(),
       heartbeatMs: 500,
-      connection: nkeyConnection(secure.users[role].seed),
+      // Services connect twice (their own user and its serving user); a client only once.
+      ...(role === 'client'
+        ? { connection: nkeyConnection(secure.users[role].seed) }
+        : { nkeySeed: secure.users[role].seed }),
       // Only the supervisor manages streams and buckets in secure mode.
       ensureInfrastructure: role === 'supervisor',
       ...options,
     });
     runtimes.set(role, rt);
-    void (async () => {
-      for await (const s of rt.nc.status()) {
-        if (s.type === 'error') violations.push(`${role}: ${s.error.message}`);
-      }
-    })();
+    for (const nc of new Set([rt.nc, rt.serving])) {
+      void (async () => {
+        for await (const s of nc.status()) {
+          if (s.type === 'error') violations.push(`${role}: ${s.error.message}`);
+        }
+      })();
+    }
     return rt;
   }
 
@@ -171,7 +186,7 @@ describe('secure mode: a governed run with one restricted NATS user per role', (
       reason: 'secure-mode drill',
       deadlineMs: 2000,
     });
-    // Acks travel on the supervisor's inbox: allow_responses lets each actor answer once.
+    // Acks travel on each actor's serving user, which may publish to the supervisor's inbox.
     expect(halted.acked).toEqual(expect.arrayContaining(actors));
     expect(halted.missing).toEqual([]);
     await client.request(client.subjects.ctlResume, HaltRequest, HaltReply, {
@@ -179,5 +194,183 @@ describe('secure mode: a governed run with one restricted NATS user per role', (
       reason: 'drill over',
     });
     expect(violations).toEqual([]);
+  });
+
+  /** Every key's revision in the buckets a redirected reply could write (the clock probe aside). */
+  async function stateSnapshot(): Promise<Record<string, number>> {
+    const kvm = new Kvm(runtimes.get('supervisor')!.nc);
+    const out: Record<string, number> = {};
+    for (const bucket of [
+      Buckets.halts,
+      Buckets.budget,
+      Buckets.budgetGrants,
+      Buckets.runs,
+      Buckets.idem,
+      Buckets.approvals,
+    ]) {
+      const kv = await kvm.open(bucket);
+      const keys: string[] = [];
+      for await (const k of await kv.keys()) keys.push(k);
+      for (const k of keys) {
+        if (bucket === Buckets.budget && k === 'clock') continue;
+        const e = await kv.get(k);
+        if (e) out[`${bucket}/${k}`] = e.revision;
+      }
+    }
+    return out;
+  }
+
+  async function auditEntries() {
+    const entries = [];
+    for await (const e of readAudit(runtimes.get('supervisor')!.nc)) entries.push(e);
+    return entries;
+  }
+
+  async function nextViolation(nc: NatsConnection): Promise<PermissionViolationError> {
+    for await (const st of nc.status()) {
+      if (st.type === 'error' && st.error instanceof PermissionViolationError) return st.error;
+    }
+    throw new Error('connection closed before a permission violation');
+  }
+
+  /** Reply subjects a confused deputy would write with its own credentials. */
+  const protectedReplies = (runId: string, svId: string) => [
+    `$KV.${Buckets.halts}.all`,
+    `$KV.${Buckets.halts}.role.${PLANNER_ROLE}`,
+    `$KV.${Buckets.budget}.run.${runId}`,
+    `$KV.${Buckets.runs}.run.${runId}`,
+    `$KV.${Buckets.idem}.k1`,
+    `$KV.${Buckets.approvals}.ap_x`,
+    `$JS.API.STREAM.DELETE.REINS_AUDIT`,
+    `reins.v1.audit.${svId}`,
+    `reins.v1.exec.write_file`,
+    `reins.v1.ctl.bcast.all`,
+    `reins.v1.hb.supervisor.${svId}`,
+    `reins.v1.trace.${runId}.supervisor.${svId}.run.end`,
+    `reins.v1.task.${PLANNER_ROLE}`,
+  ];
+
+  it('answers no request on a protected reply subject: every role tries, nothing changes, the control plane audits it', async () => {
+    const svRuntime = runtimes.get('supervisor')!;
+    const subjects = svRuntime.subjects;
+    const replies = protectedReplies('run_victim', sv.actor.agentId);
+    const before = await stateSnapshot();
+    const auditBefore = (await auditEntries()).length;
+    const execSeen: string[] = [];
+    const execWatch = svRuntime.nc.subscribe(`${subjects.prefix}.exec.>`, {
+      callback: (_e: Error | null, m: Msg) => void execSeen.push(m.subject),
+    });
+    await svRuntime.nc.flush();
+    const refused: SecurityEvent[] = [];
+    const stopListening = svRuntime.onSecurityEvent((e) => refused.push(e));
+
+    // What each role's user may publish, served by the supervisor.
+    const attacks: Record<'planner' | 'executor' | 'client', string[]> = {
+      planner: [subjects.runsGet, subjects.authorize, subjects.settle, subjects.act],
+      executor: [subjects.settle],
+      client: [subjects.runsGet, subjects.ctlHalt, subjects.ctlResume, subjects.approvalsList],
+    };
+    const expected = new Set<string>();
+    for (const [role, targets] of Object.entries(attacks)) {
+      const nc = await connect({
+        servers: nats.url,
+        reconnect: false,
+        ...nkeyConnection(secure.users[role as SecureRole].seed),
+      });
+      for (const subject of targets) {
+        for (const reply of replies) {
+          nc.publish(subject, new Uint8Array([0x80]), { reply });
+          expected.add(`${subject}|${reply.split('.').slice(0, 3).join('.')}`);
+        }
+      }
+      await nc.flush();
+      await nc.close();
+    }
+    // The runtime refuses each (subject, reply family) once, before any handler runs.
+    await expect
+      .poll(() => new Set(refused.map((e) => `${e.subject}|${e.family}`)).size, {
+        timeout: 10_000,
+      })
+      .toBe(expected.size);
+    stopListening();
+    execWatch.unsubscribe();
+
+    expect(await stateSnapshot()).toEqual(before);
+    expect(execSeen).toEqual([]);
+    // Audited (appended after the refusal): one security entry per refused kind of attempt.
+    await expect
+      .poll(async () => (await auditEntries()).length - auditBefore, { timeout: 10_000 })
+      .toBe(expected.size);
+    const added = (await auditEntries()).slice(auditBefore);
+    expect(added.map((e) => e.action)).toEqual(added.map(() => 'security'));
+    expect(added[0]).toMatchObject({ rule: 'security.reply_refused' });
+    expect(violations).toEqual([]);
+
+    // A governed run still completes afterwards.
+    const client = runtimes.get('client')!;
+    const run = await client.request(client.subjects.runsStart, RunStartRequest, RunRecord, {
+      goal: 'Summarise the docs into report.md again',
+      role: PLANNER_ROLE,
+      budget: { steps: 10 },
+    });
+    await expect
+      .poll(
+        async () =>
+          (
+            await client.request(client.subjects.runsGet, RunGetRequest, RunRecord, {
+              runId: run.runId,
+            })
+          ).status,
+        { timeout: 30_000, interval: 100 },
+      )
+      .toBe('completed');
+  });
+
+  it('refuses at the server too: a serving user cannot publish outside the inboxes, even to a reply it received', async () => {
+    const svRuntime = runtimes.get('supervisor')!;
+    const runId = 'run_x';
+    const replies = protectedReplies(runId, sv.actor.agentId);
+    const before = await stateSnapshot();
+    for (const role of ['supervisor', 'planner', 'executor'] as const) {
+      const serving = await connect({
+        servers: nats.url,
+        reconnect: false,
+        ...servingConnection(secure.users[role].seed),
+      });
+      for (const subject of replies) {
+        const violation = nextViolation(serving);
+        serving.publish(subject, new Uint8Array([1]));
+        expect(await violation, `${role} → ${subject}`).toMatchObject({
+          operation: 'publish',
+          subject,
+        });
+      }
+      await serving.close();
+    }
+
+    // A responder without the runtime's check, on the supervisor's serving user, answering a
+    // planner's request whose reply names the halt marker: the server refuses the answer.
+    const raw = await connect({
+      servers: nats.url,
+      reconnect: false,
+      ...servingConnection(secure.users.supervisor.seed),
+    });
+    const answered = nextViolation(raw);
+    raw.subscribe(svRuntime.subjects.runsBudget, {
+      callback: (_e: Error | null, m: Msg) => void m.respond(new Uint8Array([0xc1])),
+    });
+    await raw.flush();
+    const planner = await connect({
+      servers: nats.url,
+      reconnect: false,
+      ...nkeyConnection(secure.users.planner.seed),
+    });
+    planner.publish(svRuntime.subjects.runsBudget, new Uint8Array([0x80]), {
+      reply: `$KV.${Buckets.halts}.all`,
+    });
+    expect(await answered).toMatchObject({ subject: `$KV.${Buckets.halts}.all` });
+    await planner.close();
+    await raw.close();
+    expect(await stateSnapshot()).toEqual(before);
   });
 });

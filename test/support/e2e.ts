@@ -207,6 +207,7 @@ export async function startE2E(
     },
     startPlanner(name, env = {}) {
       e2e.start(name, 'planner', {
+        REINS_TRUSTED_ISSUERS: signer.publicKey,
         REINS_ROLE: 'researcher',
         REINS_SCRIPT: 'research',
         REINS_TOOLS: 'files,calculator,scratchpad',

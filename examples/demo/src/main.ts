@@ -40,6 +40,7 @@ console.log(
 const common = { NATS_URL: url };
 const plannerEnv = {
   ...common,
+  REINS_TRUSTED_ISSUERS: signer.publicKey,
   REINS_TOOLS: 'files,calculator,scratchpad',
   REINS_SCRIPTED_PRICE: '0.15,0.6',
   REINS_MAX_OUTPUT_TOKENS: '1000',

@@ -97,6 +97,8 @@ export async function startExecutor(runtime: Runtime, options: ExecutorOptions):
   }
   const revocationTtlMs = options.revocationTtlMs ?? DEFAULT_REVOCATION_TTL_MS;
   const trustedIssuers = [...options.trustedIssuers];
+  // The supervisors whose grants we take are the ones whose heartbeats keep us working.
+  runtime.trustSupervisors(trustedIssuers);
   const revoked = new Map<string, number>();
   const isRevoked = (grantId: string): boolean => {
     const until = revoked.get(grantId);

@@ -12,6 +12,8 @@ export interface GrantSigner {
   /** Public key: executors trust grants whose `issuer` is this. */
   readonly publicKey: string;
   sign(body: GrantBody): Grant;
+  /** Signs other statements of this supervisor (heartbeats): an ed25519 signature, base64url. */
+  signBytes(data: Uint8Array): string;
 }
 
 /**
@@ -45,6 +47,9 @@ function signerFor(kp: KeyPair): GrantSigner {
         signEd25519(privateKey, encoder.encode(canonicalJson(checked))),
       ).toString('base64url');
       return { ...checked, sig };
+    },
+    signBytes(data) {
+      return Buffer.from(signEd25519(privateKey, data)).toString('base64url');
     },
   };
 }

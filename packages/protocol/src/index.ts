@@ -47,6 +47,8 @@ export type { CodecOptions } from './codec.js';
 export { canonicalJson, sha256Hex, hashArgs } from './canonical.js';
 export { grantSignerFromSeed, createGrantSigner, verifyGrant } from './grant.js';
 export type { GrantSigner, VerifyGrantOptions } from './grant.js';
+export { signHeartbeat, checkHeartbeat } from './heartbeat-proof.js';
+export type { HeartbeatCheck } from './heartbeat-proof.js';
 export {
   Budget,
   Usage,
@@ -81,6 +83,7 @@ export {
   ControlAck,
   ActorStatus,
   Heartbeat,
+  HeartbeatProof,
   TraceEvent,
   AuditEntry,
   AuditBatch,

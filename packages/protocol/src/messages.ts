@@ -351,6 +351,16 @@ export const ActorStatus = z.enum([
 export type ActorStatus = z.infer<typeof ActorStatus>;
 
 /** A heartbeat, published on `hb.<role>.<agentId>` and kept in KV `reins_agents`. */
+/**
+ * A supervisor's signature over its heartbeat (`agentId`, `role`, `seq`, `ts`): planners and
+ * executors that trust supervisor keys count only signed heartbeats for their dead-man switch.
+ */
+export const HeartbeatProof = z.object({
+  issuer: z.string().regex(/^[A-Z2-7]{56}$/, 'must be a public nkey'),
+  sig: z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, 'must be a base64url signature'),
+});
+export type HeartbeatProof = z.infer<typeof HeartbeatProof>;
+
 export const Heartbeat = z.object({
   agentId: Id,
   role: Id,
@@ -368,6 +378,10 @@ export const Heartbeat = z.object({
   error: WireError.optional(),
   /** True while the actor cannot hear the supervisor or NATS. */
   degraded: z.boolean().optional(),
+  /** Per-actor heartbeat counter, from 1. */
+  seq: Count.optional(),
+  /** Supervisors sign their heartbeats (see `signHeartbeat`). */
+  proof: HeartbeatProof.optional(),
 });
 export type Heartbeat = z.infer<typeof Heartbeat>;
 

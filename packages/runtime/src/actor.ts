@@ -25,6 +25,7 @@ import type { Logger } from './logger.js';
 import type { Runtime } from './runtime.js';
 import { ScopeSet, scopeMatches, type ScopeTarget } from './scopes.js';
 import { errorPayload, payloadHeaders } from './wire.js';
+import { isAllowedReply, replyFamily } from './reply-guard.js';
 
 /** Version reported in heartbeats. */
 export const RUNTIME_VERSION = '0.1.0';
@@ -52,6 +53,11 @@ export interface ActorDefinition {
   haltable?: boolean;
   /** Called after the actor has stopped (release resources). */
   teardown?(actor: Actor): void | Promise<void>;
+  /**
+   * Signs each heartbeat before it is published. Supervisors sign theirs, so the dead-man
+   * switch of actors that trust their key cannot be satisfied by anyone else (`signHeartbeat`).
+   */
+  signHeartbeat?(heartbeat: Heartbeat): Heartbeat;
 }
 
 /** Identity helper that keeps the definition typed. */
@@ -250,7 +256,8 @@ export class Actor implements AsyncDisposable {
   async start(): Promise<void> {
     // Fail closed: an actor that cannot read halt markers does not start.
     this.#markers = await this.runtime.halts();
-    const nc = this.runtime.nc;
+    // Served on the serving connection: its acks go to the supervisor's inbox and nowhere else.
+    const nc = this.runtime.serving;
     this.#subs.push(
       nc.subscribe(this.runtime.subjects.ctlBcastAll, {
         callback: (err, msg) => {
@@ -267,7 +274,7 @@ export class Actor implements AsyncDisposable {
     }
     // Make sure the server has every subscription before we say we are running: a request
     // from another connection right after start() must not meet "no responders".
-    await this.runtime.nc.flush();
+    await this.runtime.serving.flush();
     this.#setBase('running');
     void this.#heartbeat();
     this.#heartbeatTimer = setInterval(() => void this.#heartbeat(), this.runtime.heartbeatMs);
@@ -367,7 +374,7 @@ export class Actor implements AsyncDisposable {
       maxPayloadBytes: options.maxPayloadBytes ?? this.runtime.maxPayloadBytes,
       name: subject,
     };
-    const sub = this.runtime.nc.subscribe(subject, {
+    const sub = this.runtime.serving.subscribe(subject, {
       ...(options.queue ? { queue: options.queue } : {}),
       callback: (err, msg) => {
         if (err) {
@@ -396,6 +403,9 @@ export class Actor implements AsyncDisposable {
     options: HandleOptions<Res>,
     decodeOptions: { maxPayloadBytes: number; name: string },
   ): Promise<void> {
+    // A reply subject outside the inboxes would make this actor write there with its own
+    // credentials (a halt marker, a ledger key, an audit entry): refuse before anything runs.
+    if (msg.reply && !this.#replyAllowed(msg, subject)) return;
     let request: z.output<Req>;
     try {
       request = decode(requestSchema, msg.data, decodeOptions);
@@ -440,6 +450,21 @@ export class Actor implements AsyncDisposable {
     } catch (err) {
       this.#refuse(msg, subject, err, err instanceof ReinsError ? 'debug' : 'error', !forwarded);
     }
+  }
+
+  /** False (and reported) when `msg` asks for its answer outside the inboxes. */
+  #replyAllowed(msg: Msg, subject: string): boolean {
+    const reply = msg.reply ?? '';
+    if (isAllowedReply(reply, this.runtime.replyPrefixes)) return true;
+    this.runtime.reportSecurityEvent({
+      kind: 'reply_refused',
+      subject,
+      reply: reply.slice(0, 256),
+      family: replyFamily(reply),
+      role: this.role,
+      agentId: this.agentId,
+    });
+    return false;
   }
 
   /** Sends a reply when the request asked for one; a failed send is logged, not thrown. */
@@ -573,7 +598,9 @@ export class Actor implements AsyncDisposable {
         stillRunning = this.#units.size;
         break;
     }
-    if (msg.reply) {
+    // The control message is honoured either way (a halt must not be dodged); only the ack
+    // stays inside the inboxes.
+    if (msg.reply && this.#replyAllowed(msg, msg.subject)) {
       try {
         msg.respond(
           encode(ControlAck, {
@@ -753,11 +780,14 @@ export class Actor implements AsyncDisposable {
     return hb;
   }
 
+  #heartbeatSeq = 0;
+
   /** Publishes a heartbeat and updates presence; the returned promise settles with the KV write. */
   #heartbeat(): Promise<void> {
     if (this.runtime.nc.isClosed()) return Promise.resolve();
-    const hb = this.snapshot();
+    let hb: Heartbeat = { ...this.snapshot(), seq: ++this.#heartbeatSeq };
     try {
+      if (this.#definition.signHeartbeat) hb = this.#definition.signHeartbeat(hb);
       this.runtime.publish(this.runtime.subjects.heartbeat(this.role, this.agentId), Heartbeat, hb);
     } catch (err) {
       this.logger.warn({ err }, 'heartbeat publish failed');

@@ -1,5 +1,5 @@
 export { Runtime } from './runtime.js';
-export type { RuntimeOptions, RequestOptions } from './runtime.js';
+export type { RuntimeOptions, RequestOptions, SecurityEvent } from './runtime.js';
 export { Actor, defineActor, RUNTIME_VERSION } from './actor.js';
 export type { ActorDefinition, WorkContext, HandlerContext, HandleOptions } from './actor.js';
 export { createLogger } from './logger.js';
@@ -31,15 +31,20 @@ export type { BroadcastOptions } from './control.js';
 export { parseEnv } from './env-config.js';
 export {
   SECURE_ROLES,
+  SERVING_ROLES,
   createSecureConfig,
   securePermissions,
+  servingPermissions,
   nkeyConnection,
+  servingConnection,
+  servingSeedOf,
   loadNkeySeed,
   inboxPrefixOf,
   syncAlwaysConfig,
 } from './secure-mode.js';
 export type {
   SecureRole,
+  ServingRole,
   SecureConfigOptions,
   SecureUser,
   SecureConfig,
@@ -48,3 +53,4 @@ export type {
 export { CommaList, ServiceEnv, runService } from './service.js';
 export { ServerClock, type ServerClockOptions } from './server-clock.js';
 export { BoundedMap } from './bounded-map.js';
+export { DEFAULT_REPLY_PREFIXES, isAllowedReply } from './reply-guard.js';

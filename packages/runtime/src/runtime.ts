@@ -10,7 +10,10 @@ import {
   AbortedError,
   Buckets,
   DEFAULT_MAX_PAYLOAD_BYTES,
+  Heartbeat,
   TimeoutError,
+  checkHeartbeat,
+  decode,
   UnavailableError,
   createSubjects,
   encode,
@@ -23,6 +26,9 @@ import { ensureInfrastructure, openBucket, type TraceRetention } from './infrast
 import { createLogger, type Logger } from './logger.js';
 import { mapTransportError } from './transport-errors.js';
 import { decodeReply, payloadHeaders } from './wire.js';
+import { BoundedMap } from './bounded-map.js';
+import { DEFAULT_REPLY_PREFIXES, checkReplyPrefixes } from './reply-guard.js';
+import { servingConnection, nkeyConnection } from './secure-mode.js';
 
 /** Options of `Runtime.connect`. */
 export interface RuntimeOptions {
@@ -40,6 +46,26 @@ export interface RuntimeOptions {
    * (`noAsyncTraces: true`, reconnect forever…).
    */
   connection?: Partial<ConnectionOptions>;
+  /**
+   * Secure mode: this role's nkey seed (`SU…`). The runtime then connects twice: as the role's
+   * user for its own writes, requests and traces, and as the role's serving user (derived from
+   * the same seed, see `createSecureConfig`) for the requests it serves. The serving user may
+   * publish only to its callers' inboxes, so no request can make it write anything else.
+   */
+  nkeySeed?: string;
+  /**
+   * Public keys of the supervisors this process trusts (their grant signing keys, as in
+   * `REINS_TRUSTED_ISSUERS`). With them, the dead-man switch counts only heartbeats those
+   * supervisors signed; without them, any well-formed supervisor heartbeat. Executors add the
+   * keys they verify grants with (`trustSupervisors`).
+   */
+  trustedSupervisors?: readonly string[];
+  /**
+   * Reply subject prefixes this runtime answers (default `['_INBOX.']`): a request whose reply
+   * subject lies elsewhere is refused before its handler runs, logged and reported as a
+   * security event (see `onSecurityEvent`). Add a prefix only for a custom `inboxPrefix`.
+   */
+  replyPrefixes?: readonly string[];
   /**
    * Create the Reins streams and buckets when missing (default true). Turn it off where the
    * actor's NATS user may not manage JetStream (secure mode); the supervisor creates them.
@@ -71,13 +97,42 @@ export interface RequestOptions {
   signal?: AbortSignal;
 }
 
+/** Something a hostile or broken peer tried that the runtime refused. */
+export type SecurityEvent =
+  | {
+      kind: 'reply_refused';
+      /** The subject the request came in on. */
+      subject: string;
+      /** The refused reply subject (truncated to 256 characters). */
+      reply: string;
+      /** Its first three tokens: events are reported once per subject and family. */
+      family: string;
+      role: string;
+      agentId: string;
+    }
+  | {
+      kind: 'heartbeat_refused';
+      /** The heartbeat subject (`…hb.supervisor.<id>`). */
+      subject: string;
+      /** Why it does not count: `malformed`, `unsigned`, `untrusted_issuer`, `bad_signature`… */
+      family: string;
+    };
+
 /**
- * One NATS connection shared by every actor in a process. It owns the subject builder, the
+ * One NATS connection shared by every actor in a process (two in secure mode: see `nkeySeed`). It owns the subject builder, the
  * logger, the halt markers and the heartbeat timer; `start()` runs actors on it. Dispose it
  * (`await using`) to stop its actors and drain the connection.
  */
 export class Runtime implements AsyncDisposable {
+  /** The connection for this process's own writes, requests, traces and subscriptions. */
   readonly nc: NatsConnection;
+  /**
+   * The connection handlers and control messages are served on; its replies go only to
+   * inboxes. The same as `nc` unless the runtime was given an `nkeySeed`.
+   */
+  readonly serving: NatsConnection;
+  /** Reply subject prefixes this runtime answers (see `RuntimeOptions.replyPrefixes`). */
+  readonly replyPrefixes: readonly string[];
   readonly js: JetStreamClient;
   readonly subjects: Subjects;
   readonly logger: Logger;
@@ -88,6 +143,9 @@ export class Runtime implements AsyncDisposable {
   readonly supervisorDeadManMs: number;
   readonly haltWatchdogMs: number;
   #supervisorSeenAt = Date.now();
+  readonly #trustedSupervisors = new Set<string>();
+  /** Last accepted heartbeat time per supervisor: a replayed (older) beat does not count. */
+  readonly #supervisorBeats = new BoundedMap<string, number>(256);
   #supervisorWatch: { unsubscribe(): void } | undefined;
   #halts: Promise<HaltMarkers> | undefined;
   #agents: Promise<KV> | undefined;
@@ -98,9 +156,19 @@ export class Runtime implements AsyncDisposable {
   readonly #awaitingReply = new Set<() => void>();
   /** Codec options of every request and publish (one object, not one per message). */
   readonly #limits: { maxPayloadBytes: number };
+  readonly #securityListeners = new Set<(event: SecurityEvent) => void>();
+  /** Security events already reported, by subject and family: each is reported once. */
+  readonly #reported = new BoundedMap<string, true>(1000);
 
-  private constructor(nc: NatsConnection, options: RuntimeOptions, logger: Logger) {
+  private constructor(
+    nc: NatsConnection,
+    serving: NatsConnection,
+    options: RuntimeOptions,
+    logger: Logger,
+  ) {
     this.nc = nc;
+    this.serving = serving;
+    this.replyPrefixes = checkReplyPrefixes(options.replyPrefixes ?? DEFAULT_REPLY_PREFIXES);
     this.js = jetstream(nc, { timeout: 5000 });
     this.subjects = createSubjects(options.prefix ?? process.env['REINS_PREFIX'] ?? undefined);
     this.logger = logger;
@@ -109,7 +177,9 @@ export class Runtime implements AsyncDisposable {
     this.heartbeatMs = options.heartbeatMs ?? 2000;
     this.supervisorDeadManMs = options.supervisorDeadManMs ?? envMs('REINS_DEADMAN_MS') ?? 10_000;
     this.haltWatchdogMs = options.haltWatchdogMs ?? envMs('REINS_HALT_WATCHDOG_MS') ?? 10_000;
-    void this.#watchStatus();
+    this.trustSupervisors(options.trustedSupervisors ?? []);
+    void this.#watchStatus(nc);
+    if (serving !== nc) void this.#watchStatus(serving);
   }
 
   /**
@@ -127,28 +197,42 @@ export class Runtime implements AsyncDisposable {
             .map((s) => s.trim())
             .filter(Boolean)
         : given;
-    let nc: NatsConnection;
-    try {
-      nc = await connect({
-        servers,
-        name: options.name ?? 'reins',
-        maxReconnectAttempts: -1,
-        reconnectTimeWait: 250,
-        pingInterval: 10_000,
-        // Async traces capture a stack per request (an Error each time) only to improve the
-        // stack of a failed request; on the hot path that costs more than the request itself.
-        noAsyncTraces: true,
-        ...options.connection,
-      });
-    } catch (cause) {
-      throw new UnavailableError(
-        `cannot connect to NATS at ${String(servers)}: is nats-server running? (set NATS_URL)`,
-        {
-          cause,
-        },
-      );
+    const base: Partial<ConnectionOptions> = {
+      servers,
+      name: options.name ?? 'reins',
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+      pingInterval: 10_000,
+      // Async traces capture a stack per request (an Error each time) only to improve the
+      // stack of a failed request; on the hot path that costs more than the request itself.
+      noAsyncTraces: true,
+      ...options.connection,
+    };
+    const open = async (extra: Partial<ConnectionOptions>) => {
+      try {
+        return await connect({ ...base, ...extra });
+      } catch (cause) {
+        throw new UnavailableError(
+          `cannot connect to NATS at ${String(servers)}: is nats-server running? (set NATS_URL)`,
+          { cause },
+        );
+      }
+    };
+    const seed = options.nkeySeed;
+    const nc = await open(seed ? nkeyConnection(seed) : {});
+    let serving = nc;
+    if (seed) {
+      try {
+        serving = await open({
+          ...servingConnection(seed),
+          name: `${options.name ?? 'reins'} (serving)`,
+        });
+      } catch (err) {
+        await nc.close();
+        throw err;
+      }
     }
-    const runtime = new Runtime(nc, options, logger);
+    const runtime = new Runtime(nc, serving, options, logger);
     if (options.ensureInfrastructure ?? true) {
       try {
         // A fresh cluster may still be electing its JetStream leaders: retry with backoff.
@@ -162,7 +246,7 @@ export class Runtime implements AsyncDisposable {
           }
         }
       } catch (cause) {
-        await nc.close();
+        await runtime.#closeConnections();
         throw new UnavailableError(
           'cannot create Reins streams and buckets: is JetStream enabled (nats-server -js)?',
           {
@@ -188,16 +272,54 @@ export class Runtime implements AsyncDisposable {
     if (this.#supervisorWatch || this.nc.isClosed()) return;
     this.#supervisorSeenAt = Date.now();
     const sub = this.nc.subscribe(this.subjects.heartbeat('supervisor', '*'), {
-      callback: (err) => {
-        if (!err) this.#supervisorSeenAt = Date.now();
+      callback: (err, msg) => {
+        if (!err) this.#onSupervisorHeartbeat(msg);
       },
     });
     this.#supervisorWatch = sub;
   }
 
+  /**
+   * Trusts these supervisor keys from now on: the dead-man switch then counts only heartbeats
+   * signed by a trusted key. Throws a `RangeError` on a key that is not a public nkey.
+   */
+  trustSupervisors(publicKeys: readonly string[]): void {
+    for (const k of publicKeys) {
+      if (!/^[A-Z2-7]{56}$/.test(k)) throw new RangeError(`not a public nkey: ${k.slice(0, 80)}`);
+      this.#trustedSupervisors.add(k);
+    }
+  }
+
+  /** A supervisor heartbeat lifts the dead-man switch only if it is one (see `trustSupervisors`). */
+  #onSupervisorHeartbeat(msg: Msg): void {
+    const refuse = (family: string) =>
+      this.reportSecurityEvent({ kind: 'heartbeat_refused', subject: msg.subject, family });
+    let hb: Heartbeat;
+    try {
+      hb = decode(Heartbeat, msg.data, { name: 'heartbeat', maxPayloadBytes: 64 * 1024 });
+    } catch {
+      return refuse('malformed');
+    }
+    if (hb.role !== 'supervisor' || !msg.subject.endsWith(`.${hb.agentId}`)) {
+      return refuse('misattributed');
+    }
+    const now = Date.now();
+    if (this.#trustedSupervisors.size > 0) {
+      const check = checkHeartbeat(hb, {
+        trustedIssuers: [...this.#trustedSupervisors],
+        now,
+        maxAgeMs: this.supervisorDeadManMs,
+      });
+      if (check !== 'ok') return refuse(check);
+      if (hb.ts <= (this.#supervisorBeats.get(hb.agentId) ?? 0)) return refuse('replayed');
+      this.#supervisorBeats.set(hb.agentId, hb.ts);
+    }
+    this.#supervisorSeenAt = now;
+  }
+
   /** False while the connection to NATS is down (actors report it as degraded). */
   get connected(): boolean {
-    return this.#connected && !this.nc.isClosed();
+    return this.#connected && !this.nc.isClosed() && !this.serving.isClosed();
   }
 
   /**
@@ -216,8 +338,8 @@ export class Runtime implements AsyncDisposable {
     return this.#reconnected.promise;
   }
 
-  async #watchStatus(): Promise<void> {
-    for await (const s of this.nc.status()) {
+  async #watchStatus(nc: NatsConnection): Promise<void> {
+    for await (const s of nc.status()) {
       if (s.type === 'disconnect') {
         this.#connected = false;
         this.logger.warn({ server: s.server }, 'NATS disconnected; reconnecting');
@@ -354,12 +476,48 @@ export class Runtime implements AsyncDisposable {
     const results = await Promise.all([...this.actors].map((a) => a.stop({ deadlineMs })));
     const halts = await this.#halts?.catch(() => undefined);
     halts?.stop();
-    try {
-      await this.nc.drain();
-    } catch {
-      await this.nc.close().catch(() => undefined);
-    }
+    await this.#closeConnections();
     return { abandoned: results.reduce((n, r) => n + r.abandoned, 0) };
+  }
+
+  async #closeConnections(): Promise<void> {
+    const conns = this.serving === this.nc ? [this.nc] : [this.serving, this.nc];
+    for (const nc of conns) {
+      try {
+        await nc.drain();
+      } catch {
+        await nc.close().catch(() => undefined);
+      }
+    }
+  }
+
+  /**
+   * Calls `listener` with each security event (a refused reply subject…), once per kind of
+   * attempt. The supervisor audits them. Returns a function that removes the listener.
+   */
+  onSecurityEvent(listener: (event: SecurityEvent) => void): () => void {
+    this.#securityListeners.add(listener);
+    return () => this.#securityListeners.delete(listener);
+  }
+
+  /** @internal Logs and reports a refused attempt, once per subject and reply family. */
+  reportSecurityEvent(event: SecurityEvent): void {
+    const key = `${event.kind}|${event.subject}|${event.family}`;
+    if (this.#reported.has(key)) return;
+    this.#reported.set(key, true);
+    this.logger.warn(
+      event,
+      event.kind === 'reply_refused'
+        ? 'SECURITY: request with a reply subject outside the inboxes refused'
+        : 'SECURITY: supervisor heartbeat not counted',
+    );
+    for (const l of this.#securityListeners) {
+      try {
+        l(event);
+      } catch (err) {
+        this.logger.error({ err }, 'security event listener failed');
+      }
+    }
   }
 
   [Symbol.asyncDispose](): Promise<void> {

@@ -8,11 +8,20 @@ import {
   assertId,
   createSubjects,
 } from '@reins/protocol';
+import { deriveUserSeed } from './nkey-derive.js';
 
 /** The NATS users of a secure deployment: one per role. */
 export const SECURE_ROLES = ['supervisor', 'planner', 'executor', 'client'] as const;
 /** A role that gets its own NATS user in secure mode. */
 export type SecureRole = (typeof SECURE_ROLES)[number];
+/**
+ * Roles whose processes serve requests. Each gets a second, serving user (derived from the
+ * role's seed): handlers and control acks are served on it, and it may publish only to the
+ * callers' inboxes, so no reply subject can make a service write state (docs/secure-mode.md).
+ */
+export const SERVING_ROLES = ['supervisor', 'planner', 'executor'] as const;
+/** A role with a serving user. */
+export type ServingRole = (typeof SERVING_ROLES)[number];
 
 /** Options of `createSecureConfig`. */
 export interface SecureConfigOptions {
@@ -21,7 +30,8 @@ export interface SecureConfigOptions {
   /**
    * Actor roles served by the planner and executor users. With them, a planner may only publish
    * tasks, traces and heartbeats of its own roles and only consume its own roles' task queues;
-   * without them, any role (`*`).
+   * without them, any role but `supervisor`, `client` and the executor roles. Executors default
+   * to the one role `executor`. Planner and executor roles may not overlap.
    */
   roles?: { planner?: string[]; executor?: string[] };
   /** Seeds to keep (key rotation of some roles only); the others are generated. */
@@ -52,6 +62,9 @@ export interface SubjectPermissions {
 export interface SecureConfig {
   users: Record<SecureRole, SecureUser>;
   permissions: Record<SecureRole, SubjectPermissions>;
+  /** The serving users, derived from the role seeds (`servingSeedOf`). */
+  serving: Record<ServingRole, SecureUser>;
+  servingPermissions: Record<ServingRole, SubjectPermissions>;
   /** nats-server configuration text: an `authorization` block (append it to your server config). */
   serverConfig: string;
 }
@@ -63,6 +76,23 @@ export interface SecureConfig {
  */
 export function inboxPrefixOf(publicKey: string): string {
   return `_INBOX.${publicKey}`;
+}
+
+/**
+ * The serving user's seed of a role's seed: derived, so a role keeps one secret. Throws a
+ * `ProtocolError` when `seed` is not a user seed.
+ */
+export function servingSeedOf(seed: string): string {
+  parseSeed(seed);
+  return deriveUserSeed(seed, 'serving');
+}
+
+/**
+ * Connection options of a role's serving user (see `SERVING_ROLES`), for the connection its
+ * handlers are served on. `Runtime.connect({ nkeySeed })` opens it for you.
+ */
+export function servingConnection(seed: string): Partial<ConnectionOptions> {
+  return nkeyConnection(servingSeedOf(seed));
 }
 
 function userFromSeed(role: SecureRole, seed: string): SecureUser {
@@ -123,9 +153,26 @@ function jsAdmin(): string[] {
   ];
 }
 
-function rolesOrAny(list: string[] | undefined, what: string): string[] {
-  if (!list || list.length === 0) return ['*'];
-  return [...new Set(list.map((r) => assertId(r, what)))];
+/** Roles no planner or executor may take: their traces and heartbeats would pass as ours. */
+const RESERVED_ROLES = ['supervisor', 'client'];
+
+function roleList(list: string[] | undefined, what: string, fallback: string[]): string[] {
+  if (!list || list.length === 0) return fallback;
+  const roles = [...new Set(list.map((r) => assertId(r, what)))];
+  const reserved = roles.filter((r) => RESERVED_ROLES.includes(r));
+  if (reserved.length) throw new ProtocolError(`${what} may not be ${reserved.join(', ')}`);
+  return roles;
+}
+
+/** The actor roles of the planner and executor users (see `SecureConfigOptions.roles`). */
+function actorRoles(options: Pick<SecureConfigOptions, 'roles'>) {
+  const executor = roleList(options.roles?.executor, 'executor role', ['executor']);
+  const planner = roleList(options.roles?.planner, 'planner role', ['*']);
+  const overlap = planner.filter((r) => executor.includes(r));
+  if (overlap.length) {
+    throw new ProtocolError(`roles served by both planners and executors: ${overlap.join(', ')}`);
+  }
+  return { planner, executor };
 }
 
 /** Least-privilege subject permissions of every role; see `docs/secure-mode.md`. */
@@ -140,10 +187,15 @@ export function securePermissions(
 ): Record<SecureRole, SubjectPermissions> {
   const s = createSubjects(options.prefix ?? DEFAULT_PREFIX);
   const p = s.prefix;
-  const plannerRoles = rolesOrAny(options.roles?.planner, 'planner role');
-  const executorRoles = rolesOrAny(options.roles?.executor, 'executor role');
+  const { planner: plannerRoles, executor: executorRoles } = actorRoles(options);
   const api = '$JS.API';
   const inbox = (role: SecureRole) => `${inboxes[role]}.>`;
+  // A planner allowed any role (`*`) still may not speak as the supervisor, a client or an
+  // executor: heartbeats and traces are attributed by their subject.
+  const notPlannerRoles = [...RESERVED_ROLES, ...executorRoles];
+  const plannerImpersonation = plannerRoles.includes('*')
+    ? notPlannerRoles.flatMap((r) => [`${p}.hb.${r}.*`, `${p}.trace.*.${r}.>`, `${p}.task.${r}`])
+    : [];
 
   // Never for anyone but the supervisor: control, execution forwarding, audit, ledger, halts,
   // approvals, and JetStream administration.
@@ -212,7 +264,7 @@ export function securePermissions(
         }),
         `${api}.STREAM.INFO.${Streams.tasks}`,
       ],
-      deny: controlPlane,
+      deny: [...controlPlane, ...plannerImpersonation],
     },
     subscribe: { allow: actorSubscribe('planner'), deny: [] },
   };
@@ -229,7 +281,7 @@ export function securePermissions(
       ],
       deny: [...controlPlane, s.authorize, s.act, `${p}.runs.>`, kvWrite(Buckets.runs)],
     },
-    subscribe: { allow: [...actorSubscribe('executor'), `${p}.exec.>`], deny: [] },
+    subscribe: { allow: actorSubscribe('executor'), deny: [] },
   };
 
   const client: SubjectPermissions = {
@@ -266,6 +318,38 @@ export function securePermissions(
 }
 
 /**
+ * Permissions of the serving users: subscribe to the requests the role serves, publish only to
+ * the inboxes of the users that send them. No allow_responses: a reply subject outside those
+ * inboxes is refused by the server even if an actor tried to answer there.
+ */
+export function servingPermissions(
+  options: Pick<SecureConfigOptions, 'prefix'>,
+  inboxes: Record<SecureRole, string>,
+  servingInboxes: Record<ServingRole, string>,
+): Record<ServingRole, SubjectPermissions> {
+  const s = createSubjects(options.prefix ?? DEFAULT_PREFIX);
+  const p = s.prefix;
+  const inbox = (role: SecureRole) => `${inboxes[role]}.>`;
+  const own = (role: ServingRole) => `${servingInboxes[role]}.>`;
+  return {
+    supervisor: {
+      publish: { allow: SECURE_ROLES.map(inbox), deny: [] },
+      subscribe: { allow: [`${p}.>`, own('supervisor')], deny: [] },
+    },
+    // Planners serve control broadcasts only: their acks go to the supervisor.
+    planner: {
+      publish: { allow: [inbox('supervisor')], deny: [] },
+      subscribe: { allow: [s.ctlBcastAll, own('planner')], deny: [] },
+    },
+    // Executors answer the planner whose call the supervisor forwarded, and ack controls.
+    executor: {
+      publish: { allow: [inbox('planner'), inbox('supervisor')], deny: [] },
+      subscribe: { allow: [`${p}.exec.>`, s.ctlBcastAll, own('executor')], deny: [] },
+    },
+  };
+}
+
+/**
  * Generates one nkey user per role (or reuses `options.seeds`) and the nats-server
  * `authorization` block that gives each the least privilege it needs. Throws a `ProtocolError`
  * on a bad prefix, role name or seed.
@@ -286,15 +370,41 @@ export function createSecureConfig(options: SecureConfigOptions = {}): SecureCon
     SECURE_ROLES.map((role) => [role, inboxPrefixOf(users[role].publicKey)]),
   ) as Record<SecureRole, string>;
   const permissions = securePermissions(options, inboxes);
-  return { users, permissions, serverConfig: renderServerConfig(users, permissions, options) };
+  const serving = Object.fromEntries(
+    SERVING_ROLES.map((role) => [role, userFromSeed(role, servingSeedOf(users[role].seed))]),
+  ) as Record<ServingRole, SecureUser>;
+  const servingInboxes = Object.fromEntries(
+    SERVING_ROLES.map((role) => [role, inboxPrefixOf(serving[role].publicKey)]),
+  ) as Record<ServingRole, string>;
+  const servingPerms = servingPermissions(options, inboxes, servingInboxes);
+  return {
+    users,
+    permissions,
+    serving,
+    servingPermissions: servingPerms,
+    serverConfig: renderServerConfig(
+      [
+        ...SECURE_ROLES.map((role) => ({
+          label: role,
+          user: users[role],
+          permissions: permissions[role],
+        })),
+        ...SERVING_ROLES.map((role) => ({
+          label: `${role} (serving: answers requests, may publish only to callers' inboxes)`,
+          user: serving[role],
+          permissions: servingPerms[role],
+        })),
+      ],
+      options,
+    ),
+  };
 }
 
 const q = (s: string) => JSON.stringify(s);
 const list = (xs: string[]) => `[${xs.map(q).join(', ')}]`;
 
 function renderServerConfig(
-  users: Record<SecureRole, SecureUser>,
-  permissions: Record<SecureRole, SubjectPermissions>,
+  entries: { label: string; user: SecureUser; permissions: SubjectPermissions }[],
   options: SecureConfigOptions,
 ): string {
   const lines: string[] = [
@@ -303,23 +413,22 @@ function renderServerConfig(
     'authorization {',
     '  users: [',
   ];
-  for (const role of SECURE_ROLES) {
-    const perm = permissions[role];
+  for (const { label, user, permissions: perm } of entries) {
     const block = (name: 'publish' | 'subscribe') => {
       const { allow, deny } = perm[name];
       const parts = [`allow: ${list(allow)}`];
       if (deny.length) parts.push(`deny: ${list(deny)}`);
       return `        ${name}: { ${parts.join(', ')} }`;
     };
+    // No allow_responses: it would let a user publish to any reply subject it received, even
+    // a denied one (`$KV.…`). Replies are explicit inbox allows of the serving users.
     lines.push(
-      `    # ${role}`,
+      `    # ${label}`,
       '    {',
-      `      nkey: ${q(users[role].publicKey)}`,
+      `      nkey: ${q(user.publicKey)}`,
       '      permissions: {',
       block('publish'),
       block('subscribe'),
-      // Replies to requests and control broadcasts go to the requester's inbox.
-      '        allow_responses: true',
       '      }',
       '    }',
     );

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { parseEnv } from './env-config.js';
 import { Runtime } from './runtime.js';
-import { loadNkeySeed, nkeyConnection } from './secure-mode.js';
+import { loadNkeySeed } from './secure-mode.js';
 import { handleSignals } from './shutdown.js';
 
 /** A comma-separated list in an environment variable (`a, b,c` → `['a','b','c']`). */
@@ -24,6 +24,13 @@ export const ServiceEnv = z.object({
 });
 
 /**
+ * Read by every service besides its own schema: the trusted supervisors' public keys
+ * (comma-separated). Only their signed heartbeats keep the dead-man switch off; executors
+ * also verify grants with them (and require them).
+ */
+const TrustEnv = z.object({ REINS_TRUSTED_ISSUERS: CommaList.optional() });
+
+/**
  * Runs a service process: validates its environment with `schema` (a clear error naming each
  * bad variable), connects (with its nkey in secure mode, where it leaves stream and bucket
  * creation to the supervisor unless `managesInfrastructure`), installs SIGTERM/SIGINT draining,
@@ -37,14 +44,16 @@ export async function runService<S extends typeof ServiceEnv>(
 ): Promise<void> {
   try {
     const env = parseEnv(schema);
+    const trusted = parseEnv(TrustEnv).REINS_TRUSTED_ISSUERS;
     const seed = await loadNkeySeed({ seed: env.REINS_NKEY_SEED, file: env.REINS_NKEY_SEED_FILE });
     const runtime = await Runtime.connect({
       servers: env.NATS_URL,
       name,
       ...(env.REINS_PREFIX ? { prefix: env.REINS_PREFIX } : {}),
+      ...(trusted ? { trustedSupervisors: trusted } : {}),
       ...(seed
         ? {
-            connection: nkeyConnection(seed),
+            nkeySeed: seed,
             // A restricted user may not manage JetStream: the supervisor creates streams and buckets.
             ensureInfrastructure: options.managesInfrastructure === true,
           }

@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { startNatsServer } from '@reins/testing';
-import { defineActor } from '@reins/runtime';
+import { defineActor, type SecurityEvent } from '@reins/runtime';
 import {
+  Buckets,
   BudgetExceededError,
   InternalError,
   PayloadTooLargeError,
@@ -12,6 +13,7 @@ import {
   AbortedError,
 } from '@reins/protocol';
 import { pack } from 'msgpackr';
+import { Kvm } from '@nats-io/kv';
 import { testRuntime } from './helpers.js';
 
 const Add = z.object({ a: z.number(), b: z.number() });
@@ -168,5 +170,54 @@ describe('typed messaging', () => {
     inbox.unsubscribe();
     expect(answered).toBe(20);
     expect(calls).toBeGreaterThanOrEqual(71);
+  });
+
+  it('answers only inbox reply subjects: a request naming a halt marker or another actor as its reply runs nothing and writes nothing', async () => {
+    await using nats = await startNatsServer();
+    await using rt = await testRuntime(nats.url);
+    let calls = 0;
+    await rt.start(
+      defineActor({
+        role: 'calc',
+        setup(actor) {
+          actor.handle(
+            'calc.add',
+            Add,
+            (req) => {
+              calls++;
+              return { sum: req.a + req.b };
+            },
+            { reply: Sum, queue: 'calc' },
+          );
+        },
+      }),
+    );
+    const refused: SecurityEvent[] = [];
+    rt.onSecurityEvent((e) => refused.push(e));
+    const seen: string[] = [];
+    const watch = rt.nc.subscribe('reins.v1.>', { callback: (_e, m) => void seen.push(m.subject) });
+    await rt.nc.flush();
+    const kvm = new Kvm(rt.nc);
+    const halts = await kvm.open(Buckets.halts);
+
+    const body = pack({ a: 1, b: 2 });
+    const replies = ['$KV.reins_halts.all', 'reins.v1.audit.sv1', 'reins.v1.ctl.bcast.all'];
+    for (const reply of replies) rt.nc.publish('calc.add', body, { reply });
+    // The same kind of attempt again is refused as well, and reported once.
+    rt.nc.publish('calc.add', body, { reply: '$KV.reins_halts.all' });
+    await expect.poll(() => refused.length).toBe(3);
+    expect(refused.map((e) => e.family)).toEqual([
+      '$KV.reins_halts.all',
+      'reins.v1.audit',
+      'reins.v1.ctl',
+    ]);
+    expect(refused[0]).toMatchObject({ kind: 'reply_refused', subject: 'calc.add', role: 'calc' });
+
+    // A good request after them is answered: everything before it on this connection was handled.
+    expect(await rt.request('calc.add', Add, Sum, { a: 2, b: 3 })).toEqual({ sum: 5 });
+    expect(calls).toBe(1);
+    expect(await halts.get('all')).toBeNull();
+    expect(seen).toEqual([]);
+    watch.unsubscribe();
   });
 });

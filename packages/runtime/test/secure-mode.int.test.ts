@@ -59,7 +59,7 @@ describe('secure mode: per-role NATS users', () => {
       config: secure.serverConfig,
     });
     // The supervisor user creates the streams and buckets; nobody else may.
-    sv = await testRuntime(nats.url, { connection: nkeyConnection(secure.users.supervisor.seed) });
+    sv = await testRuntime(nats.url, { nkeySeed: secure.users.supervisor.seed });
     let seen!: () => void;
     sentinel = new Promise<void>((r) => (seen = r));
     sv.nc.subscribe(`${sv.subjects.prefix}.>`, {
@@ -167,6 +167,78 @@ describe('secure mode: per-role NATS users', () => {
     const sub = client.subscribe('_INBOX.>');
     expect(await v).toMatchObject({ operation: 'subscription', subject: '_INBOX.>' });
     await expect(sub.closed).resolves.toBeInstanceOf(PermissionViolationError);
+  });
+
+  it('lets no role publish heartbeats or traces under another role', async () => {
+    const p = sv.subjects.prefix;
+    const attempts: [SecureRole, string][] = [
+      ['planner', `${p}.hb.supervisor.sv1`],
+      ['planner', `${p}.hb.executor.ex1`],
+      ['planner', `${p}.trace.r1.supervisor.sv1.run.end`],
+      ['planner', `${p}.trace.r1.executor.ex1.tool.result`],
+      ['executor', `${p}.hb.supervisor.sv1`],
+      ['executor', `${p}.hb.researcher.p1`],
+      ['executor', `${p}.trace.r1.supervisor.sv1.run.end`],
+      ['executor', `${p}.trace.r1.researcher.p1.step.end`],
+      ['client', `${p}.hb.supervisor.sv1`],
+      ['client', `${p}.trace.r1.supervisor.sv1.run.end`],
+    ];
+    for (const [role, subject] of attempts) {
+      const nc = await connectAs(role);
+      const v = nextViolation(nc);
+      nc.publish(subject);
+      expect(await v, `${role} → ${subject}`).toMatchObject({ operation: 'publish', subject });
+    }
+    // Under their own roles they may.
+    const planner = await connectAs('planner');
+    planner.publish(`${p}.hb.researcher.p1`);
+    planner.publish(`${p}.trace.r1.researcher.p1.step.end`);
+    await planner.flush();
+  });
+
+  it('by default (no roles given) a planner may use any role but supervisor, client and executor', async () => {
+    const open: NatsConnection[] = [];
+    const defaults = createSecureConfig({ anonymousProbe: true });
+    const dir = await mkdtemp(join(tmpdir(), 'reins-secure-default-'));
+    await using server = await startNatsServer({
+      jetstream: false,
+      storeDir: dir,
+      args: ['-js', '-sd', dir],
+      config: defaults.serverConfig,
+    });
+    try {
+      const as = async (role: SecureRole) => {
+        const nc = await connect({
+          servers: server.url,
+          reconnect: false,
+          ...nkeyConnection(defaults.users[role].seed),
+        });
+        open.push(nc);
+        return nc;
+      };
+      const planner = await as('planner');
+      for (const subject of [
+        'reins.v1.hb.supervisor.sv1',
+        'reins.v1.hb.executor.ex1',
+        'reins.v1.hb.client.c1',
+        'reins.v1.trace.r1.supervisor.sv1.run.end',
+      ]) {
+        const v = nextViolation(planner);
+        planner.publish(subject);
+        expect(await v, subject).toMatchObject({ subject });
+      }
+      const executor = await as('executor');
+      const v = nextViolation(executor);
+      executor.publish('reins.v1.hb.lead.l1');
+      expect(await v).toMatchObject({ subject: 'reins.v1.hb.lead.l1' });
+      expect(() => createSecureConfig({ roles: { planner: ['supervisor'] } })).toThrow(/may not/);
+      expect(() => createSecureConfig({ roles: { planner: ['a'], executor: ['a'] } })).toThrow(
+        /both/,
+      );
+    } finally {
+      for (const nc of open) await nc.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('loads a seed from a value or a file, and rejects a bad one', async () => {

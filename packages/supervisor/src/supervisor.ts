@@ -38,6 +38,7 @@ import {
   type Budget,
   type GrantSigner,
   type Scope,
+  signHeartbeat,
 } from '@reins/protocol';
 import {
   broadcastControl,
@@ -446,14 +447,23 @@ export async function startSupervisor(
     },
     onError: (err) => logger.warn({ err }, 'reaper pass failed'),
   });
+  // A request that asked for its answer outside the inboxes (a confused-deputy attempt) is
+  // refused by the runtime; the control plane keeps it on record (once per subject and family).
+  const stopSecurityAudit = runtime.onSecurityEvent((e) => {
+    const { kind, ...details } = e;
+    void record({ action: 'security', rule: `security.${kind}`, details }).catch(() => undefined);
+  });
   const actor = await runtime.start(
     defineActor({
       role: 'supervisor',
       agentId,
       // The control plane is never halted by the halts it issues.
       haltable: false,
+      // Signed heartbeats: actors that trust this key count no one else's for their dead-man switch.
+      signHeartbeat: (hb) => signHeartbeat(signer, hb),
       // Stopping the actor (dispose, SIGTERM via the runtime) also stops the reaper.
       teardown: async () => {
+        stopSecurityAudit();
         runs.stopWatch();
         await reaper.stop();
         await clock.stop();

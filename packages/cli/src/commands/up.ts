@@ -389,6 +389,8 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
         env: {
           ...common,
           ...seedEnv('planner'),
+          // Only this supervisor's signed heartbeats keep the planners' dead-man switch off.
+          REINS_TRUSTED_ISSUERS: key.publicKey,
           REINS_ROLE: role,
           REINS_AGENT_ID: `${role}-${i + 1}${tag}`,
           // Offline runs still exercise USD budgets: price the scripted model like a small hosted one.
