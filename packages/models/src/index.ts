@@ -72,7 +72,7 @@ export type { OpenAIFunctionTool } from './tool-schema.js';
 export { createFileTools } from './file-tools.js';
 export type { FileTools, FileToolsOptions } from './file-tools.js';
 export { createHttpFetchTool } from './http-fetch-tool.js';
-export type { HttpFetchToolOptions } from './http-fetch-tool.js';
+export type { HttpFetchLookup, HttpFetchToolOptions } from './http-fetch-tool.js';
 export { MAX_EXPRESSION_CHARS, evaluateArithmetic, calculator } from './calculator.js';
 export { createScratchpad } from './scratchpad.js';
 export type { Scratchpad, ScratchpadOptions } from './scratchpad.js';

@@ -17,6 +17,10 @@ export interface ToolboxOptions {
   root?: string;
   /** Hosts `http_fetch` may reach (required with `http`). */
   allowHosts?: readonly string[];
+  /** IPs or CIDR blocks `http_fetch` may reach although not public (see `HttpFetchToolOptions`). */
+  allowAddresses?: readonly string[];
+  /** Let `http_fetch` reach loopback, private and CGNAT addresses (see `HttpFetchToolOptions`). */
+  allowPrivateNetworks?: boolean;
 }
 
 /**
@@ -43,7 +47,13 @@ export function createToolbox(options: ToolboxOptions = {}): AnyTool[] {
       case 'http':
         if (!options.allowHosts?.length)
           throw new ProtocolError('http_fetch needs a list of allowed hosts');
-        tools.push(createHttpFetchTool({ allowHosts: options.allowHosts }));
+        tools.push(
+          createHttpFetchTool({
+            allowHosts: options.allowHosts,
+            ...(options.allowAddresses ? { allowAddresses: options.allowAddresses } : {}),
+            ...(options.allowPrivateNetworks ? { allowPrivateNetworks: true } : {}),
+          }),
+        );
         break;
       default:
         throw new ProtocolError(

@@ -1,8 +1,19 @@
-import { mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import {
+  lstat,
+  mkdir,
+  mkdtemp,
+  readFile,
+  readdir,
+  rename,
+  rm,
+  symlink,
+  writeFile,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createFileTools, runTool } from '@reins/models';
+import { createFileToolsWithHooks } from '../src/file-tools.js';
 
 const ctx = { runId: 'run1', stepId: 'step1', idempotencyKey: 'k1' };
 
@@ -136,5 +147,116 @@ describe('createFileTools', () => {
     await expect(runTool(broken.readFile, { path: 'a' }, ctx)).rejects.toMatchObject({
       code: 'BAD_REQUEST',
     });
+  });
+});
+
+// The check-then-open window: a hook runs after a path was checked and before it is opened,
+// and swaps a symlink pointing outside the sandbox in there.
+describe.each([
+  { mode: 'through /proc/self/fd', procFd: true },
+  { mode: 'portable path', procFd: false },
+])('createFileTools: symlink swapped in after the check ($mode)', ({ procFd }) => {
+  let base: string;
+  let root: string;
+  let outside: string;
+  beforeEach(async () => {
+    base = await mkdtemp(join(tmpdir(), 'reins-swap-'));
+    root = join(base, 'sandbox');
+    outside = join(base, 'outside');
+    await mkdir(join(root, 'docs'), { recursive: true });
+    await mkdir(outside);
+    await writeFile(join(root, 'docs', 'a.md'), 'inside');
+    await writeFile(join(outside, 'a.md'), 'TOP SECRET');
+    await writeFile(join(outside, 'secret.txt'), 'TOP SECRET');
+  });
+  afterEach(async () => {
+    await rm(base, { recursive: true, force: true });
+  });
+
+  /** Moves `root/<dir>` aside and puts a symlink to the outside directory in its place. */
+  const swapDir = (dir: string) => async () => {
+    await rename(join(root, dir), join(root, `${dir}-moved`));
+    await symlink(outside, join(root, dir));
+  };
+  const swapFile = (file: string) => async () => {
+    await rm(join(root, file));
+    await symlink(join(outside, 'secret.txt'), join(root, file));
+  };
+  const tools = (op: 'read' | 'write' | 'list', swap: () => Promise<void>) => {
+    let calls = 0;
+    return {
+      ...createFileToolsWithHooks(
+        { root },
+        {
+          procFd,
+          beforeOpen: async (seen) => {
+            if (seen !== op) return;
+            calls += 1;
+            await swap();
+          },
+        },
+      ),
+      calls: () => calls,
+    };
+  };
+  const outsideUntouched = async (): Promise<void> => {
+    expect((await readdir(outside)).sort()).toEqual(['a.md', 'secret.txt']);
+    expect(await readFile(join(outside, 'a.md'), 'utf8')).toBe('TOP SECRET');
+    expect(await readFile(join(outside, 'secret.txt'), 'utf8')).toBe('TOP SECRET');
+  };
+
+  it('a read does not follow a directory swapped for a symlink', async () => {
+    const t = tools('read', swapDir('docs'));
+    const result: unknown = await runTool(t.readFile, { path: 'docs/a.md' }, ctx).catch(
+      (e: unknown) => e,
+    );
+    expect(t.calls()).toBe(1);
+    expect(result).toMatchObject({ code: 'POLICY_DENIED', details: { rule: 'file-sandbox' } });
+  });
+
+  it('a read does not follow a file swapped for a symlink', async () => {
+    const t = tools('read', swapFile('docs/a.md'));
+    await expect(runTool(t.readFile, { path: 'docs/a.md' }, ctx)).rejects.toMatchObject({
+      code: 'POLICY_DENIED',
+    });
+    expect(t.calls()).toBe(1);
+  });
+
+  it('a listing does not follow a directory swapped for a symlink', async () => {
+    const t = tools('list', swapDir('docs'));
+    await expect(runTool(t.listFiles, { path: 'docs' }, ctx)).rejects.toMatchObject({
+      code: 'POLICY_DENIED',
+    });
+    expect(t.calls()).toBe(1);
+  });
+
+  it('a write does not land outside when its directory is swapped for a symlink', async () => {
+    await mkdir(join(root, 'out'));
+    const t = tools('write', swapDir('out'));
+    const result: unknown = await runTool(
+      t.writeFile,
+      { path: 'out/a.md', content: 'pwned' },
+      ctx,
+    ).catch((e: unknown) => e);
+    expect(t.calls()).toBe(1);
+    await outsideUntouched();
+    if (procFd) {
+      // Written into the directory that was verified, wherever it now is.
+      expect(result).toEqual({ path: 'out/a.md', bytes: 5 });
+      expect(await readFile(join(root, 'out-moved', 'a.md'), 'utf8')).toBe('pwned');
+    } else {
+      expect(result).toMatchObject({ code: 'POLICY_DENIED' });
+    }
+  });
+
+  it('a write replaces a file swapped for a symlink, never writing through it', async () => {
+    const t = tools('write', swapFile('docs/a.md'));
+    await expect(runTool(t.writeFile, { path: 'docs/a.md', content: 'new' }, ctx)).resolves.toEqual(
+      { path: 'docs/a.md', bytes: 3 },
+    );
+    expect(t.calls()).toBe(1);
+    await outsideUntouched();
+    expect((await lstat(join(root, 'docs', 'a.md'))).isFile()).toBe(true);
+    expect(await readFile(join(root, 'docs', 'a.md'), 'utf8')).toBe('new');
   });
 });

@@ -16,6 +16,8 @@ const Env = ServiceEnv.extend({
   REINS_TOOLS: CommaList.default(['files', 'calculator', 'scratchpad']),
   REINS_SANDBOX_DIR: z.string().optional(),
   REINS_HTTP_ALLOW_HOSTS: CommaList.optional(),
+  /** IPs / CIDR blocks http_fetch may reach although not public (loopback, private…). */
+  REINS_HTTP_ALLOW_ADDRESSES: CommaList.optional(),
 });
 
 await runService('reins-executor', Env, async (env, runtime) => {
@@ -28,6 +30,7 @@ await runService('reins-executor', Env, async (env, runtime) => {
     groups: env.REINS_TOOLS,
     ...(env.REINS_SANDBOX_DIR ? { root: env.REINS_SANDBOX_DIR } : {}),
     ...(env.REINS_HTTP_ALLOW_HOSTS ? { allowHosts: env.REINS_HTTP_ALLOW_HOSTS } : {}),
+    ...(env.REINS_HTTP_ALLOW_ADDRESSES ? { allowAddresses: env.REINS_HTTP_ALLOW_ADDRESSES } : {}),
   });
   const ex = await startExecutor(runtime, {
     tools,
