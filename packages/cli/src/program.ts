@@ -234,7 +234,7 @@ Quick start:
     .description('recent runs, newest first')
     .option(
       '--status <status>',
-      'only runs in this status (queued, running, paused, halted, completed, stopped, failed)',
+      'only runs in this status (queued, running, waiting_approval, paused, halted, completed, stopped, failed)',
     )
     .option('--limit <n>', 'how many', int('--limit', 1, 1000), 50)
     .action(async (opts: RunsOptions) => setExitCode(await runsCommand(opts)));

@@ -95,7 +95,8 @@ export interface PlannerOptions {
   toolTimeoutMs?: number;
   /**
    * Deliveries of one step before a retryable failure (no executor for a tool, supervisor
-   * unreachable, approval still pending…) ends the run as failed (default 20, with backoff).
+   * unreachable…) ends the run as failed (default 20, with backoff). A step waiting for an
+   * approval does not retry: the run is suspended until the decision re-enqueues it.
    */
   maxAttempts?: number;
   /** Wait for a delegated child run at most this long (default 10 min). */
@@ -116,6 +117,13 @@ const PULL_EXPIRES_MS = 5_000;
 
 /** Ends the step without ending the run: the run is halted or paused and will be resumed. */
 class Suspend extends Error {}
+
+/** A tool call waits for a human decision: the run is suspended until the decision comes. */
+class AwaitingApproval extends Suspend {
+  constructor(readonly approvalId: string) {
+    super('waiting for approval');
+  }
+}
 
 /** Another planner holds the run; try this task again once its lease may have expired. */
 class LeaseHeld extends Error {
@@ -259,7 +267,10 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
     // What to tell JetStream about the task; sent once connected (see below).
     let reply: () => void = () => m.ack();
     try {
-      await a.work({ runId: task.runId, label: 'step' }, (ctx) => step(a, task, ctx));
+      const firstDelivery = m.info.deliveryCount === 1;
+      await a.work({ runId: task.runId, label: 'step' }, (ctx) =>
+        step(a, task, ctx, firstDelivery),
+      );
       stepDone = true;
     } catch (caught) {
       // NATS and JetStream failures (no responders while a stream elects a leader, timeouts, a
@@ -271,7 +282,8 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
       if (err instanceof LeaseHeld) {
         reply = () => m.nak(Math.min(err.retryInMs, 60_000));
       } else if (err instanceof Suspend) {
-        // The run itself is halted or paused: resume re-enqueues it, so this task is done.
+        // The run itself is halted or paused, or waits for an approval: resume (or the
+        // decision) re-enqueues it, so this task is done.
         reply = () => m.ack();
       } else if (err instanceof ReinsError && (err.code === 'HALTED' || err.code === 'PAUSED')) {
         // Halted or paused for the run: done (resume re-enqueues). For this agent, its role or
@@ -361,7 +373,12 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
   }
 
   /** One governed step of a run. */
-  async function step(a: Actor, task: Task, ctx: WorkContext): Promise<void> {
+  async function step(
+    a: Actor,
+    task: Task,
+    ctx: WorkContext,
+    firstDelivery: boolean,
+  ): Promise<void> {
     const runId = task.runId;
     let run = runCache.get(runId);
     if (!run) {
@@ -372,11 +389,15 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
     }
 
     // The state this planner wrote last is trusted for the task it enqueued itself (the step
-    // right after it); any other task reads the state afresh. Either way a stale copy cannot
-    // fork the run: every write below is a compare-and-set on the revision it was read at.
+    // right after it) on that task's first delivery; a task delivered again may have been
+    // worked on by another planner meanwhile (a step that failed, or waited for an approval),
+    // and any other task reads the state afresh. A stale copy could not fork the run (every
+    // write below is a compare-and-set on the revision it was read at), but it would make a
+    // model call twice and leave the run to the planner that wrote last.
     const remembered = stateCache.get(runId);
     let { state, revision } =
       remembered &&
+      firstDelivery &&
       task.step > 0 &&
       remembered.state.step === task.step &&
       !remembered.state.pending
@@ -556,12 +577,21 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
     const calls = assistant.role === 'assistant' ? (assistant.toolCalls ?? []) : [];
     const parsed = calls.map((c) => parseCall(c));
     const results = { ...pending.results };
-    await Promise.all(
+    const outcomes = await Promise.allSettled(
       parsed.map(async (call, i) => {
         if (results[call.id]) return;
         results[call.id] = await runToolCall(a, run, stepNo, stepId, i, call, ctx, trace);
       }),
     );
+    const failed = outcomes.find((o) => o.status === 'rejected');
+    if (failed) {
+      // Keep the results that came in (a call waiting for approval must not make the others
+      // run again), then stop the step.
+      if (Object.keys(results).length > Object.keys(pending.results).length) {
+        await saveUnlessSuperseded({ ...state, pending: { ...pending, results } }, revision);
+      }
+      throw failed.reason;
+    }
     const toolMessages = parsed
       .map((c) => results[c.id])
       .filter((m): m is ChatMessage => m !== undefined);
@@ -747,6 +777,17 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         (err.code === 'HALTED' || err.code === 'PAUSED' || err.code === 'ABORTED')
       )
         throw err;
+      // A human decides: the step stops here with its pending action kept in the run state,
+      // and carries on (with the same idempotency key) when the decision re-enqueues the run.
+      if (err instanceof ReinsError && err.code === 'APPROVAL_PENDING') {
+        const approvalId = String(err.details?.['approvalId'] ?? '');
+        trace(
+          'tool.waiting',
+          { tool: call.name, approvalId, expiresAt: err.details?.['expiresAt'] },
+          { spanId, parentId: stepId },
+        );
+        throw new AwaitingApproval(approvalId);
+      }
       // No answer (the executor died mid-call, NATS is recovering): retry the step later with
       // the same idempotency key — the executor replays, takes over an idempotent tool, or
       // reports the outcome as unknown. Never guess that the tool failed.

@@ -48,6 +48,8 @@ export const ScopeSchema = z.discriminatedUnion('kind', [
 export const RunStatus = z.enum([
   'queued',
   'running',
+  /** Suspended on a human decision (an approval): the decision re-enqueues it at once. */
+  'waiting_approval',
   'paused',
   'halted',
   'completed',

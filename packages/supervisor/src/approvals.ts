@@ -65,6 +65,54 @@ export class ApprovalStore {
     throw new ConflictError(`approval ${approvalId} is contended`);
   }
 
+  /**
+   * Calls `onDue` for each pending approval when it expires (at once for one already past its
+   * time), for as long as the watch runs: approvals are kept in view by a KV watch, so every
+   * supervisor sees every approval without listing the bucket. `onDue` must tolerate being
+   * called for a record another supervisor already expired. Throws `UnavailableError` when
+   * the watch cannot start.
+   */
+  async watchExpiries(onDue: (approvalId: string) => void): Promise<{ stop(): void }> {
+    const timers = new Map<string, NodeJS.Timeout>();
+    const clear = (id: string) => {
+      clearTimeout(timers.get(id));
+      timers.delete(id);
+    };
+    let w;
+    try {
+      w = await this.#kv.watch();
+    } catch (cause) {
+      throw new UnavailableError('approvals: cannot watch KV reins_approvals', { cause });
+    }
+    void (async () => {
+      for await (const e of w) {
+        clear(e.key);
+        if (e.operation !== 'PUT' || e.value.length === 0) continue;
+        let r: ApprovalRecord;
+        try {
+          r = decode(ApprovalRecord, e.value, { name: 'approval' });
+        } catch {
+          continue;
+        }
+        if (r.status !== 'pending') continue;
+        // setTimeout's limit is ~24.8 days; a later expiry is re-armed when it fires.
+        const wait = Math.min(Math.max(0, r.expiresAt - Date.now() + 1), 2 ** 31 - 1);
+        const t = setTimeout(() => {
+          timers.delete(e.key);
+          if (Date.now() > r.expiresAt) onDue(r.approvalId);
+        }, wait);
+        t.unref();
+        timers.set(e.key, t);
+      }
+    })().catch(() => undefined);
+    return {
+      stop: () => {
+        w.stop();
+        for (const id of [...timers.keys()]) clear(id);
+      },
+    };
+  }
+
   async list(filter: {
     runId?: string | undefined;
     status?: string | undefined;

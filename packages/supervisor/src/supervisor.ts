@@ -353,6 +353,46 @@ export async function startSupervisor(
    * `APPROVAL_PENDING` (retryable): the planner retries the same call (same idempotency key).
    * Returns who approved; throws for pending, denied, expired, or an approval for other arguments.
    */
+  /** A run suspended on an approval runs again (no-op for any other status). */
+  const markRunning = (runId: string) =>
+    runs.update(runId, (r) =>
+      r.status === 'waiting_approval' ? { ...r, status: 'running' } : undefined,
+    );
+
+  /**
+   * An approval was decided (approved, denied or expired): its run continues at once, on
+   * whichever planner takes the task; the step re-asks for the action and gets the grant or
+   * the refusal. Every supervisor may call this for the same decision: the task is deduplicated.
+   */
+  const onDecided = async (approval: { approvalId: string; runId: string }) => {
+    const run = await markRunning(approval.runId).catch(() => runs.get(approval.runId));
+    if (!run || run.status !== 'running') return;
+    await enqueue(run, `approval:${approval.approvalId}`);
+  };
+
+  /**
+   * Expires a pending approval past its time (once, whichever supervisor gets there first: the
+   * audit entry and trace come from that one). Returns the stored record.
+   */
+  const expire = async (approvalId: string) => {
+    const now = Date.now();
+    const rec = await approvals.update(approvalId, (r) =>
+      r.status === 'pending' && now > r.expiresAt
+        ? { ...r, status: 'expired', decidedAt: now }
+        : undefined,
+    );
+    if (rec?.status === 'expired' && rec.decidedAt === now) {
+      await record({
+        action: 'approval.expired',
+        runId: rec.runId,
+        rule: rec.rule,
+        details: { approvalId },
+      });
+      actor.trace(rec.runId, 'approval.decision', { approvalId, status: 'expired' });
+    }
+    return rec;
+  };
+
   const checkApproval = async (
     a: Actor,
     req: z.output<typeof ActRequest>,
@@ -399,25 +439,20 @@ export async function startSupervisor(
         details: { rule, approvalId },
       });
     }
-    if (rec.status === 'pending' && now > rec.expiresAt) {
-      rec =
-        (await approvals.update(approvalId, (r) =>
-          r.status === 'pending' ? { ...r, status: 'expired', decidedAt: now } : undefined,
-        )) ?? rec;
-      if (rec.status === 'expired')
-        await record({
-          action: 'approval.expired',
-          runId: req.runId,
-          rule,
-          details: { approvalId },
-        });
-    }
+    if (rec.status === 'pending' && now > rec.expiresAt) rec = (await expire(approvalId)) ?? rec;
     switch (rec.status) {
       case 'approved':
         return rec.decidedBy ?? 'unknown';
       case 'pending':
+        // The run waits for the decision without retrying: the decision (or its expiry)
+        // re-enqueues it (`onDecided`).
+        await runs
+          .update(req.runId, (r) =>
+            r.status === 'running' ? { ...r, status: 'waiting_approval' } : undefined,
+          )
+          .catch((err: unknown) => logger.warn({ err, runId: req.runId }, 'run status not set'));
         throw new ApprovalPendingError(`${req.tool} waits for approval ${approvalId}`, {
-          details: { approvalId, rule },
+          details: { approvalId, rule, expiresAt: rec.expiresAt },
         });
       case 'denied':
         throw new ApprovalDeniedError(
@@ -854,6 +889,7 @@ export async function startSupervisor(
             let approvedBy: string | undefined;
             if (decision.effect === 'approve') {
               approvedBy = await checkApproval(a, req, argsHash, decision.rule);
+              if (run.status === 'waiting_approval') await markRunning(run.runId);
             } else if (decision.effect !== 'allow') {
               const reason = decision.reason;
               await record({
@@ -975,7 +1011,9 @@ export async function startSupervisor(
                 approvalId: req.approvalId,
                 status: updated.status,
                 by: req.by,
+                ...(req.reason ? { reason: req.reason } : {}),
               });
+              await onDecided(updated);
             } else if (updated.status !== (req.decision === 'approve' ? 'approved' : 'denied')) {
               throw new ApprovalTimeoutError(
                 `approval ${req.approvalId} is already ${updated.status}`,
@@ -1126,6 +1164,15 @@ export async function startSupervisor(
       },
     }),
   );
+
+  // An approval nobody decides expires as a denial, and its run goes on at once.
+  const expiries = await approvals.watchExpiries((approvalId) => {
+    void (async () => {
+      const rec = await expire(approvalId);
+      if (rec && rec.status !== 'pending') await onDecided(rec);
+    })().catch((err: unknown) => logger.warn({ err, approvalId }, 'approval expiry failed'));
+  });
+  actor.own(expiries);
 
   logger.info({ publicKey: signer.publicKey }, 'supervisor started');
   const stop = async () => {
