@@ -184,7 +184,13 @@ export async function startSupervisor(
   if (runCacheMaxAgeMs > 0) await runs.watch();
   const approvals = new ApprovalStore(await openBucket(nc, Buckets.approvals));
   const approvalTimeoutMs = options.approvalTimeoutMs ?? 600_000;
-  const audit = await AuditWriter.open(nc, { writerId: agentId, prefix: subjects.prefix });
+  // Refuses (AuditTruncatedError) a chain cut short behind its anchor: see `reins audit accept-gap`.
+  const audit = await AuditWriter.open(nc, {
+    writerId: agentId,
+    prefix: subjects.prefix,
+    signer,
+    logger,
+  });
   const halts = await runtime.halts();
   const policyCache = new Map<string, Policy>();
   /**
@@ -1120,6 +1126,10 @@ export async function startSupervisor(
   logger.info({ publicKey: signer.publicKey }, 'supervisor started');
   const stop = async () => {
     await actor.stop();
+    // Anchor the final head, so a chain cut short after this stop is found.
+    await audit.close().catch((err: unknown) => {
+      logger.warn({ err }, 'cannot anchor the audit chain head at shutdown');
+    });
   };
   return {
     actor,
