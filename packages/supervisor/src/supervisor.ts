@@ -156,6 +156,14 @@ export async function startSupervisor(
 
   const jsm = await js.jetstreamManager();
   await ensureAuditStream(jsm, { prefix: subjects.prefix, replicas: defaultReplicas() });
+  // First, before anything that holds resources: a chain cut short behind its anchor is refused
+  // (AuditTruncatedError) until an operator runs `reins audit accept-gap`.
+  const audit = await AuditWriter.open(nc, {
+    writerId: agentId,
+    prefix: subjects.prefix,
+    signer,
+    logger,
+  });
   // Ledger leases (reservation expiry and reaping) follow the NATS server's clock, which every
   // supervisor shares, not this machine's: a slow local clock would otherwise write leases other
   // reapers return while the grant is still live (K8). Fail closed: no measured clock, no start
@@ -184,13 +192,6 @@ export async function startSupervisor(
   if (runCacheMaxAgeMs > 0) await runs.watch();
   const approvals = new ApprovalStore(await openBucket(nc, Buckets.approvals));
   const approvalTimeoutMs = options.approvalTimeoutMs ?? 600_000;
-  // Refuses (AuditTruncatedError) a chain cut short behind its anchor: see `reins audit accept-gap`.
-  const audit = await AuditWriter.open(nc, {
-    writerId: agentId,
-    prefix: subjects.prefix,
-    signer,
-    logger,
-  });
   const halts = await runtime.halts();
   const policyCache = new Map<string, Policy>();
   /**
