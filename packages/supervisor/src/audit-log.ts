@@ -807,7 +807,7 @@ export async function readAuditAnchors(
         } catch {
           stored.invalid = 'is not an audit anchor';
         }
-      }
+      } else stored.invalid = `was deleted (${e.operation})`;
       all.push(stored);
     }
   } catch (cause) {

@@ -501,7 +501,17 @@ describe('audit log', () => {
     await reopened.append({ action: 'a', actor: 'sv' });
     await reopened.close(); // overwrites the junk with its own signed head
     expect(await anchorOf()).toMatchObject({ seq: 8, signer: signer.publicKey });
-    expect(await verifyAudit(nc, { writer: id })).toMatchObject({ ok: true, count: 8 });
+    // A deleted anchor is reported; the bucket's history still holds what it was.
+    await kv.delete(id);
+    const deleted = await verifyAudit(nc, { writer: id });
+    expect(deleted).toMatchObject({ ok: false, kind: 'anchor' });
+    expect(deleted.ok ? '' : deleted.reason).toContain('was deleted');
+    const kept = (await readAuditAnchors(nc, { history: true })).filter((a) => a.writer === id);
+    expect(kept.some((a) => a.anchor?.seq === 8)).toBe(true);
+    const w9 = await open(nc, id);
+    await w9.append({ action: 'a', actor: 'sv' });
+    await w9.close(); // its signed head replaces the deleted anchor
+    expect(await verifyAudit(nc, { writer: id })).toMatchObject({ ok: true, count: 9 });
   });
 });
 
