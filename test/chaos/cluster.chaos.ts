@@ -72,7 +72,13 @@ describe('chaos: 3-node JetStream cluster, R3 streams and buckets', () => {
       intervalMs: 500,
       diagnostics: () => e.diagnostics(),
     });
-    expect(await verifyAudit(entries)).toMatchObject({ ok: true });
+    expect(
+      await waitFor(() => verifyAudit(nc).catch(() => undefined), 'audit verifiable', {
+        timeoutMs: 30_000,
+        intervalMs: 500,
+        diagnostics: () => e.diagnostics(),
+      }),
+    ).toMatchObject({ ok: true });
     expectNoDoubleGrant(entries, stored.events, run.id, { stepRetries: true });
 
     // Audit entries are group-committed (several per message): compare stream sequences.

@@ -78,7 +78,7 @@ describe('chaos: executor kill -9 mid-tool', () => {
     );
     expect(starts).toHaveLength(1);
     const entries = await auditEntries(e.client.runtime.nc);
-    expect(await verifyAudit(entries)).toMatchObject({ ok: true });
+    expect(await verifyAudit(e.client.runtime.nc)).toMatchObject({ ok: true });
     expectNoDoubleGrant(entries, trace.events, run.id);
   });
 

@@ -7,7 +7,16 @@ import {
   type ApprovalsOptions,
   type DecideOptions,
 } from './commands/approvals.js';
-import { auditTailCommand, auditVerifyCommand, type AuditTailOptions } from './commands/audit.js';
+import {
+  auditAcceptGapCommand,
+  auditExportCommand,
+  auditTailCommand,
+  auditVerifyCommand,
+  type AuditAcceptGapOptions,
+  type AuditExportOptions,
+  type AuditTailOptions,
+  type AuditVerifyOptions,
+} from './commands/audit.js';
 import { budgetCommand } from './commands/budget.js';
 import { controlCommand, type ControlAction, type ControlOptions } from './commands/control.js';
 import { doctorCommand } from './commands/doctor.js';
@@ -246,8 +255,27 @@ Quick start:
     .option('--writer <id>', 'only one supervisor instance')
     .action(async (opts: AuditTailOptions) => setExitCode(await auditTailCommand(opts)));
   common(audit.command('verify'))
-    .description('verify every hash chain; exit 1 naming the first broken entry')
-    .action(async (opts: CommonOptions) => setExitCode(await auditVerifyCommand(opts)));
+    .description(
+      'verify signatures, hash chains and anchors; exit 1 naming the first bad entry or the truncation',
+    )
+    .option(
+      '--trusted-issuers <keys>',
+      'comma-separated public keys of trusted supervisors (adds to $REINS_TRUSTED_ISSUERS)',
+    )
+    .action(async (opts: AuditVerifyOptions) => setExitCode(await auditVerifyCommand(opts)));
+  common(audit.command('accept-gap'))
+    .description(
+      "accept that a supervisor's chain lost entries after its anchor, so that supervisor starts again",
+    )
+    .requiredOption('--writer <id>', 'the supervisor id (audit writer) whose chain is truncated')
+    .option('--reason <text>', 'why (recorded in the anchor and the chain)')
+    .option('--as <name>', 'who accepts (default: $REINS_IDENTITY, else the OS user)')
+    .action(async (opts: AuditAcceptGapOptions) => setExitCode(await auditAcceptGapCommand(opts)));
+  common(audit.command('export'))
+    .description('write the anchors (and with --entries every audit message) as JSON lines')
+    .option('--entries', 'also every stored audit message, signatures included')
+    .option('--out <file>', 'write to this file (mode 600) instead of stdout')
+    .action(async (opts: AuditExportOptions) => setExitCode(await auditExportCommand(opts)));
 
   common(program.command('doctor'))
     .description(

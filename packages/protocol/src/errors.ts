@@ -23,6 +23,7 @@ export const ErrorCode = {
   MODEL_ERROR: 'MODEL_ERROR',
   TOOL_FAILED: 'TOOL_FAILED',
   INTERNAL: 'INTERNAL',
+  AUDIT_TRUNCATED: 'AUDIT_TRUNCATED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -149,6 +150,13 @@ export type ToolFailedError = InstanceType<typeof ToolFailedError>;
 export const InternalError = errorClass(ErrorCode.INTERNAL, 'InternalError');
 export type InternalError = InstanceType<typeof InternalError>;
 
+/**
+ * An audit chain ends before its anchored head (entries were removed): its supervisor refuses
+ * to extend it until an operator accepts the gap (`reins audit accept-gap`).
+ */
+export const AuditTruncatedError = errorClass(ErrorCode.AUDIT_TRUNCATED, 'AuditTruncatedError');
+export type AuditTruncatedError = InstanceType<typeof AuditTruncatedError>;
+
 const classes: Record<string, new (message: string, options?: ReinsErrorOptions) => ReinsError> = {
   BAD_REQUEST: ProtocolError,
   PAYLOAD_TOO_LARGE: PayloadTooLargeError,
@@ -171,6 +179,7 @@ const classes: Record<string, new (message: string, options?: ReinsErrorOptions)
   MODEL_ERROR: ModelError,
   TOOL_FAILED: ToolFailedError,
   INTERNAL: InternalError,
+  AUDIT_TRUNCATED: AuditTruncatedError,
 };
 
 /**

@@ -1,5 +1,6 @@
 import { createAccount, fromSeed, type KeyPair } from '@nats-io/nkeys';
 import { canonicalJson } from './canonical.js';
+import type { HeartbeatBytes } from './heartbeat-proof.js';
 import { GrantInvalidError, ProtocolError } from './errors.js';
 import { Grant, GrantBody } from './messages.js';
 import { parse } from './codec.js';
@@ -12,8 +13,49 @@ export interface GrantSigner {
   /** Public key: executors trust grants whose `issuer` is this. */
   readonly publicKey: string;
   sign(body: GrantBody): Grant;
-  /** Signs other statements of this supervisor (heartbeats): an ed25519 signature, base64url. */
-  signBytes(data: Uint8Array): string;
+  /** Signs a supervisor heartbeat's identity and time; see `heartbeatBytes`. */
+  signHeartbeatBytes(bytes: HeartbeatBytes): string;
+  /** Signs an audit chain head (a batch's last entry, or an anchor); see `auditHeadBytes`. */
+  signAuditHead(head: AuditHead): { signer: string; sig: string };
+}
+
+/** The position of an audit chain that a supervisor signs: writer, seq and hash of an entry. */
+export interface AuditHead {
+  writer: string;
+  seq: number;
+  hash: string;
+}
+
+/**
+ * The bytes signed for an audit head: canonical JSON with a type tag, so a signed head can
+ * never be taken for a grant (a grant body has no `type`) or the other way round.
+ */
+export function auditHeadBytes(head: AuditHead): Uint8Array {
+  return encoder.encode(
+    canonicalJson({
+      type: 'reins.audit.head.v1',
+      writer: head.writer,
+      seq: head.seq,
+      hash: head.hash,
+    }),
+  );
+}
+
+/**
+ * True when `sig` (base64url) is `signer`'s ed25519 signature of `head`. Never throws: a
+ * malformed key or signature is just false.
+ */
+export function verifyAuditHead(head: AuditHead, signer: string, sig: string): boolean {
+  if (!/^[A-Z2-7]{56}$/.test(signer)) return false;
+  try {
+    return verifyEd25519(
+      nativePublicKey(signer),
+      auditHeadBytes(head),
+      Buffer.from(sig, 'base64url'),
+    );
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -48,8 +90,12 @@ function signerFor(kp: KeyPair): GrantSigner {
       ).toString('base64url');
       return { ...checked, sig };
     },
-    signBytes(data) {
-      return Buffer.from(signEd25519(privateKey, data)).toString('base64url');
+    signHeartbeatBytes(bytes) {
+      return Buffer.from(signEd25519(privateKey, bytes)).toString('base64url');
+    },
+    signAuditHead(head) {
+      const sig = Buffer.from(signEd25519(privateKey, auditHeadBytes(head))).toString('base64url');
+      return { signer: publicKey, sig };
     },
   };
 }

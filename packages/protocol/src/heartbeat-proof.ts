@@ -5,16 +5,31 @@ import type { Heartbeat } from './messages.js';
 
 const encoder = new TextEncoder();
 
-/** What a heartbeat proof signs: who, which beat, and when (so an old beat cannot be replayed). */
-function signedPart(hb: Pick<Heartbeat, 'agentId' | 'role' | 'seq' | 'ts'>): Uint8Array {
+/** The bytes a heartbeat proof signs (branded: a signer signs nothing else this way). */
+export type HeartbeatBytes = Uint8Array & { readonly __heartbeat: true };
+
+/**
+ * What a heartbeat proof signs: who, which beat and when (so an old beat cannot be replayed),
+ * with a type tag, so the signature can never pass for a grant's or an audit head's.
+ */
+function signedPart(hb: Pick<Heartbeat, 'agentId' | 'role' | 'seq' | 'ts'>): HeartbeatBytes {
   return encoder.encode(
-    canonicalJson({ agentId: hb.agentId, role: hb.role, seq: hb.seq ?? 0, ts: hb.ts }),
-  );
+    canonicalJson({
+      type: 'reins.heartbeat.v1',
+      agentId: hb.agentId,
+      role: hb.role,
+      seq: hb.seq ?? 0,
+      ts: hb.ts,
+    }),
+  ) as HeartbeatBytes;
 }
 
 /** The heartbeat with a proof by `signer` (a supervisor's grant signing key). */
 export function signHeartbeat(signer: GrantSigner, hb: Heartbeat): Heartbeat {
-  return { ...hb, proof: { issuer: signer.publicKey, sig: signer.signBytes(signedPart(hb)) } };
+  return {
+    ...hb,
+    proof: { issuer: signer.publicKey, sig: signer.signHeartbeatBytes(signedPart(hb)) },
+  };
 }
 
 /** Why a heartbeat is not accepted as a supervisor's, or `ok`. */

@@ -23,6 +23,7 @@ export {
   ModelError,
   ToolFailedError,
   InternalError,
+  AuditTruncatedError,
   toWireError,
   fromWireError,
   isErrorCode,
@@ -45,8 +46,14 @@ export type { Scope, Subjects, TraceSubjectParts } from './subjects.js';
 export { DEFAULT_MAX_PAYLOAD_BYTES, MAX_DEPTH, encode, decode, parse } from './codec.js';
 export type { CodecOptions } from './codec.js';
 export { canonicalJson, sha256Hex, hashArgs } from './canonical.js';
-export { grantSignerFromSeed, createGrantSigner, verifyGrant } from './grant.js';
-export type { GrantSigner, VerifyGrantOptions } from './grant.js';
+export {
+  grantSignerFromSeed,
+  createGrantSigner,
+  verifyGrant,
+  auditHeadBytes,
+  verifyAuditHead,
+} from './grant.js';
+export type { AuditHead, GrantSigner, VerifyGrantOptions } from './grant.js';
 export { signHeartbeat, checkHeartbeat } from './heartbeat-proof.js';
 export type { HeartbeatCheck } from './heartbeat-proof.js';
 export {
@@ -87,6 +94,8 @@ export {
   TraceEvent,
   AuditEntry,
   AuditBatch,
+  AuditAnchor,
+  AuditGap,
   AUDIT_BATCH_MAX_ENTRIES,
   ApprovalRequest,
   ApprovalDecision,

@@ -12,6 +12,8 @@ const Text = (max: number) => z.string().max(max);
 /** Tool arguments, outputs and free-form data: plain JSON-like objects. */
 const Data = z.record(z.string().max(256), z.unknown());
 const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'must be a hex sha256');
+const PublicNkey = z.string().regex(/^[A-Z2-7]{56}$/, 'must be a public nkey');
+const Ed25519Sig = z.string().regex(/^[A-Za-z0-9_-]{80,100}$/, 'must be a base64url signature');
 const IdempotencyKey = z
   .string()
   .regex(/^[A-Za-z0-9_.:-]{1,200}$/, 'must match [A-Za-z0-9_.:-]{1,200}');
@@ -166,12 +168,12 @@ export const GrantBody = z.object({
   issuedAt: Millis,
   expiresAt: Millis,
   /** Public nkey of the supervisor that signed it. */
-  issuer: z.string().regex(/^[A-Z2-7]{56}$/, 'must be a public nkey'),
+  issuer: PublicNkey,
 });
 export type GrantBody = z.infer<typeof GrantBody>;
 
 /** A grant: the body plus its ed25519 signature (base64url). */
-export const Grant = GrantBody.extend({ sig: z.string().regex(/^[A-Za-z0-9_-]{80,100}$/) });
+export const Grant = GrantBody.extend({ sig: Ed25519Sig });
 export type Grant = z.infer<typeof Grant>;
 
 /** `sv.authorize` request: may this agent make this model call? */
@@ -432,8 +434,47 @@ export const AUDIT_BATCH_MAX_ENTRIES = 1024;
  */
 export const AuditBatch = z.object({
   entries: z.array(AuditEntry).min(1).max(AUDIT_BATCH_MAX_ENTRIES),
+  /**
+   * Public nkey of the supervisor that signed the batch head (its last entry). Optional in the
+   * schema so unsigned and forged messages still decode and can be named; `verifyAudit`
+   * rejects a batch without a valid signature.
+   */
+  signer: PublicNkey.optional(),
+  /** ed25519 signature (base64url) of the batch head: see `auditHeadBytes`. */
+  sig: Ed25519Sig.optional(),
 });
 export type AuditBatch = z.infer<typeof AuditBatch>;
+
+/** A gap an operator accepted in a writer's chain (`reins audit accept-gap`). */
+export const AuditGap = z.object({
+  /** First and last missing seq. */
+  from: Count,
+  to: Count,
+  acceptedBy: Text(256),
+  reason: Text(1024).optional(),
+  ts: Millis,
+  /** The chain head the gap was accepted at: the supervisor records the gap only onto it. */
+  headSeq: Count,
+  headHash: Sha256,
+});
+export type AuditGap = z.infer<typeof AuditGap>;
+
+/**
+ * A writer's signed chain head, kept outside the audit stream (KV `reins_audit_anchors`, key
+ * = writer id, with history) so a chain cut short can be told from one that ended there.
+ * `acceptedGap` is written by an operator (unsigned); the supervisor then records it in the
+ * chain as an `audit.gap_accepted` entry.
+ */
+export const AuditAnchor = z.object({
+  writer: Id,
+  seq: Count,
+  hash: Sha256,
+  signer: PublicNkey,
+  sig: Ed25519Sig,
+  ts: Millis,
+  acceptedGap: AuditGap.optional(),
+});
+export type AuditAnchor = z.infer<typeof AuditAnchor>;
 
 /** A pending human approval. */
 export const ApprovalRequest = z.object({
@@ -517,6 +558,7 @@ export const Messages = {
   'reins.TraceEvent': TraceEvent,
   'reins.AuditEntry': AuditEntry,
   'reins.AuditBatch': AuditBatch,
+  'reins.AuditAnchor': AuditAnchor,
   'reins.ApprovalRequest': ApprovalRequest,
   'reins.ApprovalDecision': ApprovalDecision,
   'reins.ApprovalRecord': ApprovalRecord,

@@ -143,6 +143,8 @@ export const Buckets = {
   idem: 'reins_idem',
   agents: 'reins_agents',
   approvals: 'reins_approvals',
+  /** Each audit writer's signed chain head (key = writer id, with history). */
+  auditAnchors: 'reins_audit_anchors',
 } as const;
 
 /** Header names on every Reins message. */

@@ -160,6 +160,23 @@ const examples: { [K in keyof typeof Messages]: z.input<(typeof Messages)[K]> } 
         hash: 'b'.repeat(64),
       },
     ],
+    ...signer.signAuditHead({ writer: 'sv1', seq: 2, hash: 'b'.repeat(64) }),
+  },
+  'reins.AuditAnchor': {
+    writer: 'sv1',
+    seq: 2,
+    hash: 'b'.repeat(64),
+    ...signer.signAuditHead({ writer: 'sv1', seq: 2, hash: 'b'.repeat(64) }),
+    ts: now,
+    acceptedGap: {
+      from: 1,
+      to: 2,
+      acceptedBy: 'ops',
+      reason: 'restore',
+      ts: now,
+      headSeq: 0,
+      headHash: '0'.repeat(64),
+    },
   },
   'reins.ApprovalRequest': {
     approvalId: 'ap1',

@@ -78,7 +78,13 @@ async function upsertStream(
   }
 }
 
-/** Opens a KV bucket, creating it when missing. Throws `UnavailableError` when JetStream cannot be reached. */
+/** Values kept per key where it is more than one: audit anchors keep their past heads. */
+const BUCKET_HISTORY: Partial<Record<string, number>> = { [Buckets.auditAnchors]: 64 };
+
+/**
+ * Opens a KV bucket, creating it when missing (with the history that bucket needs unless
+ * `history` is given). Throws `UnavailableError` when JetStream cannot be reached.
+ */
 export async function openBucket(
   nc: NatsConnection,
   name: string,
@@ -87,7 +93,7 @@ export async function openBucket(
   try {
     const kvm = new Kvm(nc);
     return await kvm.create(name, {
-      history: options.history ?? 1,
+      history: options.history ?? BUCKET_HISTORY[name] ?? 1,
       storage: StorageType.File,
       replicas: options.replicas ?? defaultReplicas(),
     });

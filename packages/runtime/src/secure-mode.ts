@@ -208,6 +208,7 @@ export function securePermissions(
     kvWrite(Buckets.budgetGrants),
     kvWrite(Buckets.halts),
     kvWrite(Buckets.approvals),
+    kvWrite(Buckets.auditAnchors),
     `${api}.CONSUMER.DELETE.>`,
     `${api}.CONSUMER.DURABLE.CREATE.>`,
     ...jsAdmin(),

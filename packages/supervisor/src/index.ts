@@ -27,18 +27,25 @@ export {
 export type { ArgCheck, Policy, PolicyDecision, PolicyInput, PolicyOptions } from './policy.js';
 export {
   AuditWriter,
-  GENESIS_HASH,
-  auditHash,
+  acceptAuditGap,
   ensureAuditStream,
   readAudit,
+  readAuditAnchors,
+  readAuditMessages,
   verifyAudit,
 } from './audit-log.js';
 export type {
+  AcceptAuditGapOptions,
+  AcceptedAuditGap,
   AuditInput,
+  AuditLogger,
+  AuditProblemKind,
   AuditStreamOptions,
   AuditVerification,
   AuditWriterOptions,
   ReadAuditOptions,
+  StoredAuditAnchor,
+  StoredAuditMessage,
   VerifyAuditOptions,
 } from './audit-log.js';
 export {

@@ -157,6 +157,14 @@ export async function startSupervisor(
 
   const jsm = await js.jetstreamManager();
   await ensureAuditStream(jsm, { prefix: subjects.prefix, replicas: defaultReplicas() });
+  // First, before anything that holds resources: a chain cut short behind its anchor is refused
+  // (AuditTruncatedError) until an operator runs `reins audit accept-gap`.
+  const audit = await AuditWriter.open(nc, {
+    writerId: agentId,
+    prefix: subjects.prefix,
+    signer,
+    logger,
+  });
   // Ledger leases (reservation expiry and reaping) follow the NATS server's clock, which every
   // supervisor shares, not this machine's: a slow local clock would otherwise write leases other
   // reapers return while the grant is still live (K8). Fail closed: no measured clock, no start
@@ -185,7 +193,6 @@ export async function startSupervisor(
   if (runCacheMaxAgeMs > 0) await runs.watch();
   const approvals = new ApprovalStore(await openBucket(nc, Buckets.approvals));
   const approvalTimeoutMs = options.approvalTimeoutMs ?? 600_000;
-  const audit = await AuditWriter.open(nc, { writerId: agentId, prefix: subjects.prefix });
   const halts = await runtime.halts();
   const policyCache = new Map<string, Policy>();
   /**
@@ -1177,6 +1184,10 @@ export async function startSupervisor(
   logger.info({ publicKey: signer.publicKey }, 'supervisor started');
   const stop = async () => {
     await actor.stop();
+    // Anchor the final head, so a chain cut short after this stop is found.
+    await audit.close().catch((err: unknown) => {
+      logger.warn({ err }, 'cannot anchor the audit chain head at shutdown');
+    });
   };
   return {
     actor,

@@ -1,7 +1,16 @@
-import type { AuditEntry } from '@reins/protocol';
-import { readAudit, verifyAudit } from '@reins/supervisor';
+import { createWriteStream } from 'node:fs';
+import { once } from 'node:events';
+import { ReinsError, type AuditEntry } from '@reins/protocol';
+import {
+  acceptAuditGap,
+  readAudit,
+  readAuditAnchors,
+  readAuditMessages,
+  trustedIssuersFromEnv,
+  verifyAudit,
+} from '@reins/supervisor';
 import type { ReinsClient } from '@reins/client';
-import { openClient, type CommonOptions } from '../connection.js';
+import { cliIdentity, openClient, type CommonOptions } from '../connection.js';
 import { CliError, ExitCode, isPermissionError } from '../errors.js';
 import { createStyle, printJson, println, truncate } from '../output.js';
 
@@ -73,15 +82,50 @@ export async function auditTailCommand(options: AuditTailOptions): Promise<ExitC
   return ExitCode.ok;
 }
 
+/** Options of `reins audit verify`. */
+export interface AuditVerifyOptions extends CommonOptions {
+  /** Comma-separated public keys of trusted supervisors (adds to `REINS_TRUSTED_ISSUERS`). */
+  trustedIssuers?: string;
+}
+
+function trustedKeys(flag: string | undefined): string[] {
+  try {
+    const fromEnv = trustedIssuersFromEnv(process.env);
+    const fromFlag =
+      flag === undefined ? [] : trustedIssuersFromEnv({ REINS_TRUSTED_ISSUERS: flag });
+    return [...new Set([...fromEnv, ...fromFlag])];
+  } catch (cause) {
+    throw new CliError(
+      (cause as Error).message.replace(
+        'REINS_TRUSTED_ISSUERS',
+        flag === undefined ? 'REINS_TRUSTED_ISSUERS' : '--trusted-issuers / REINS_TRUSTED_ISSUERS',
+      ),
+      {
+        exitCode: ExitCode.usage,
+        cause,
+        hint: 'give the public keys (A…, 56 characters) of the supervisors, comma-separated',
+      },
+    );
+  }
+}
+
 /**
- * `reins audit verify`: checks every writer's hash chain. Exit 0 when intact; exit 1 naming
- * the first broken entry (writer, seq, reason) otherwise. JSON: the verification result.
+ * `reins audit verify [--trusted-issuers KEYS]`: checks every writer's chain — batches signed
+ * by a trusted supervisor key (`--trusted-issuers` and `REINS_TRUSTED_ISSUERS`; without any,
+ * by one key per writer, and it says the keys were not checked against a trust list), hashes
+ * and links intact, and each chain reaching its anchor. Exit 0 when intact (accepted gaps are
+ * listed); exit 1 naming the first problem (`truncated at <writer>#<seq>`, or `broken at …`)
+ * otherwise. JSON: the verification result.
  */
-export async function auditVerifyCommand(options: CommonOptions): Promise<ExitCode> {
+export async function auditVerifyCommand(options: AuditVerifyOptions): Promise<ExitCode> {
+  const trustedIssuers = trustedKeys(options.trustedIssuers);
   await using client = await openClient(options);
   let result;
   try {
-    result = await verifyAudit(entries(client, undefined));
+    result = await verifyAudit(client.runtime.nc, {
+      prefix: client.runtime.subjects.prefix,
+      trustedIssuers,
+    });
   } catch (err) {
     throw auditReadError(err);
   }
@@ -90,6 +134,9 @@ export async function auditVerifyCommand(options: CommonOptions): Promise<ExitCo
     return result.ok ? ExitCode.ok : ExitCode.error;
   }
   const s = createStyle();
+  const keysNote = result.trustList
+    ? `signatures checked against ${trustedIssuers.length} trusted key(s)`
+    : 'signatures NOT checked against a trust list (each writer only signed consistently); pass --trusted-issuers or set REINS_TRUSTED_ISSUERS';
   if (result.ok) {
     const heads = Object.entries(result.heads);
     println(
@@ -97,13 +144,115 @@ export async function auditVerifyCommand(options: CommonOptions): Promise<ExitCo
     );
     for (const [w, h] of heads)
       println(s.dim(`  ${w}  seq ${h.seq}  head ${h.hash.slice(0, 16)}…`));
+    for (const g of result.gaps) {
+      println(
+        `${s.yellow('!')} accepted gap ${g.writer}#${g.from}–${g.to} (accepted by ${g.acceptedBy}${g.reason ? `: ${g.reason}` : ''}${g.recorded ? '' : '; not yet recorded in the chain'})`,
+      );
+    }
+    println(s.dim(`  ${keysNote}`));
     return ExitCode.ok;
   }
-  println(
-    `${s.red('✗')} audit chain broken at ${s.bold(`${result.writer}#${result.seq}`)}: ${result.reason}`,
-  );
-  println(
-    s.dim(`  ${result.count} entries verified before it; entries from there on cannot be trusted`),
-  );
+  if (result.kind === 'truncated') {
+    println(`${s.red('✗')} audit chain ${s.bold(result.reason)}`);
+    println(
+      s.dim(
+        `  entries were removed from the stream; a supervisor refuses this chain until \`reins audit accept-gap --writer ${result.writer}\``,
+      ),
+    );
+  } else {
+    println(
+      `${s.red('✗')} audit chain broken at ${s.bold(`${result.writer}#${result.seq}`)} (${result.kind}): ${result.reason}`,
+    );
+    println(s.dim(`  ${result.count} entries read; entries from there on cannot be trusted`));
+  }
+  println(s.dim(`  ${keysNote}`));
   return ExitCode.error;
+}
+
+/** Options of `reins audit accept-gap`. */
+export interface AuditAcceptGapOptions extends CommonOptions {
+  writer: string;
+  reason?: string;
+}
+
+/**
+ * `reins audit accept-gap --writer ID [--reason TEXT] [--as NAME]`: accepts that entries are
+ * missing between a writer's chain and its anchor, so that supervisor starts again; it records
+ * the gap as its next entry. Exit 1 when there is no anchor or no gap.
+ */
+export async function auditAcceptGapCommand(options: AuditAcceptGapOptions): Promise<ExitCode> {
+  await using client = await openClient(options);
+  const acceptedBy = cliIdentity(options.as);
+  let gap;
+  try {
+    gap = await acceptAuditGap(client.runtime.nc, {
+      writer: options.writer,
+      acceptedBy,
+      prefix: client.runtime.subjects.prefix,
+      ...(options.reason !== undefined ? { reason: options.reason } : {}),
+    });
+  } catch (err) {
+    if (err instanceof ReinsError && err.code !== 'UNAVAILABLE') {
+      throw new CliError(err.message, { cause: err, code: err.code });
+    }
+    if (isPermissionError(err)) {
+      throw new CliError('the NATS user of this command may not write the audit anchors', {
+        cause: err,
+        code: 'NATS_PERMISSION',
+        hint: "in secure mode only the supervisor's user does: run with its seed, e.g. --nkey-file .reins/secure/supervisor.nk",
+      });
+    }
+    throw auditReadError(err);
+  }
+  if (options.json) {
+    printJson({ writer: options.writer, ...gap });
+    return ExitCode.ok;
+  }
+  const s = createStyle();
+  println(
+    `${s.green('✓')} accepted gap ${s.bold(`${options.writer}#${gap.from}–${gap.to}`)} (by ${acceptedBy}); start supervisor ${options.writer} again: its first entry records the gap`,
+  );
+  return ExitCode.ok;
+}
+
+/** Options of `reins audit export`. */
+export interface AuditExportOptions extends CommonOptions {
+  /** Also every stored message (batches with their signatures). */
+  entries?: boolean;
+  /** Write to this file instead of stdout. */
+  out?: string;
+}
+
+/**
+ * `reins audit export [--entries] [--out FILE]`: JSON lines, for a copy kept outside NATS:
+ * every anchor value the bucket keeps (`{"type":"anchor",…}`), and with `--entries` every
+ * stored audit message (`{"type":"batch",…}`, signatures included).
+ */
+export async function auditExportCommand(options: AuditExportOptions): Promise<ExitCode> {
+  await using client = await openClient(options);
+  const out =
+    options.out === undefined ? process.stdout : createWriteStream(options.out, { mode: 0o600 });
+  const write = async (value: unknown) => {
+    if (!out.write(`${JSON.stringify(value)}\n`)) await once(out, 'drain');
+  };
+  try {
+    for (const a of await readAuditAnchors(client.runtime.nc, { history: true })) {
+      await write({ type: 'anchor', ...a });
+    }
+    if (options.entries) {
+      for await (const m of readAuditMessages(client.runtime.nc, {
+        prefix: client.runtime.subjects.prefix,
+      })) {
+        await write({ type: 'batch', ...m });
+      }
+    }
+  } catch (err) {
+    throw auditReadError(err);
+  } finally {
+    if (out !== process.stdout) {
+      out.end();
+      await once(out, 'close');
+    }
+  }
+  return ExitCode.ok;
 }
