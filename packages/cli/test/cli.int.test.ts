@@ -227,6 +227,50 @@ describe('reins up on an existing NATS, and the commands against it', () => {
     expect((JSON.parse(resume.stdout) as { acked: string[] }).acked).toContain(executor);
   });
 
+  it('control commands for an unknown run, agent, role or approval fail with NOT_FOUND (exit 1) and a hint', async () => {
+    const cases: [string[], string, string][] = [
+      [['halt', '--run', 'run_doesnotexist', '--reason', 'typo'], 'run_doesnotexist', 'reins runs'],
+      [['resume', '--run', 'run_doesnotexist'], 'run_doesnotexist', 'reins runs'],
+      [
+        ['pause', '--run', 'run_doesnotexist', '--reason', 'typo'],
+        'run_doesnotexist',
+        'reins runs',
+      ],
+      [['halt', '--agent', 'agent_nobody', '--reason', 'typo'], 'agent_nobody', 'reins ps'],
+      [['resume', '--agent', 'agent_nobody'], 'agent_nobody', 'reins ps'],
+      [['halt', '--role', 'exectuor', '--reason', 'typo'], 'exectuor', 'reins ps'],
+      [['approve', 'ap_doesnotexist'], 'ap_doesnotexist', 'reins approvals'],
+    ];
+    for (const [args, id, hint] of cases) {
+      const r = await reins(args, env);
+      expect(r.code, args.join(' ')).toBe(1);
+      expect(r.stderr, args.join(' ')).toContain(id);
+      expect(r.stderr, args.join(' ')).toContain('[NOT_FOUND]');
+      expect(r.stderr, args.join(' ')).toContain(`what to do:`);
+      expect(r.stderr, args.join(' ')).toContain(hint);
+    }
+    const json = await reins(['halt', '--run', 'run_doesnotexist', '--reason', 'x', '--json'], env);
+    expect(json.code).toBe(1);
+    // Nothing was halted: the typo left no marker behind, and nothing was audited as a halt.
+    const tail = await reins(['audit', 'tail', '-n', '200', '--json'], env);
+    const entries = jsonLines(tail.stdout) as { action: string; runId?: string }[];
+    expect(entries.filter((e) => e.runId === 'run_doesnotexist')).toEqual([]);
+  });
+
+  it('resume says when the scope was not halted (exit 0), and lifts it when it was', async () => {
+    // The previous test left `runId` halted.
+    const lifted = await reins(['resume', '--run', runId, '--json'], env);
+    expect(lifted.code).toBe(0);
+    expect((JSON.parse(lifted.stdout) as { lifted?: boolean }).lifted).toBe(true);
+
+    const again = await reins(['resume', '--run', runId], env);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toContain(`run ${runId} was not halted or paused: nothing to lift`);
+    const json = await reins(['resume', '--role', 'executor', '--json'], env);
+    expect(json.code).toBe(0);
+    expect((JSON.parse(json.stdout) as { lifted?: boolean }).lifted).toBe(false);
+  });
+
   it('halt --all stops the whole swarm and lists every ack; resume --all brings it back', async () => {
     const halt = await reins(['halt', '--all', '--reason', 'stop everything', '--json'], env);
     expect(halt.code).toBe(0);
