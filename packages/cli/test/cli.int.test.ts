@@ -71,6 +71,22 @@ describe('reins without a swarm', () => {
     expect(report.checks.find((c) => c.name === 'nats')?.status).toBe('fail');
   });
 
+  it('reins up refuses a NATS it has no keys for unless --insecure says so (KEYS_MISSING, exit 2)', async () => {
+    await using nats = await startNatsServer();
+    const home = await mkdtemp(join(tmpdir(), 'reins-empty-home-'));
+    try {
+      const r = await reins(['up', '--nats', nats.url], { REINS_HOME: home });
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain('[KEYS_MISSING]');
+      expect(r.stderr).toContain('reins up --insecure');
+      const both = await reins(['up', '--secure', '--insecure']);
+      expect(both.code).toBe(2);
+      expect(both.stderr).toContain('not both');
+    } finally {
+      await rm(home, { recursive: true, force: true });
+    }
+  });
+
   it('says when NATS has no supervisor, and how to start one', async () => {
     await using nats = await startNatsServer();
     const r = await reins(['runs', '--nats', nats.url]);
@@ -109,7 +125,10 @@ describe('reins up on an existing NATS, and the commands against it', () => {
     const policy = join(sandbox, '..', `${sandbox.split('/').pop() ?? 'x'}-policy.json`);
     await copyFile(DEMO_POLICY, policy);
     env = { NATS_URL: nats.url };
-    up = reinsUp(['--sandbox', sandbox, '--policy', policy, '--log-level', 'warn'], env);
+    up = reinsUp(
+      ['--insecure', '--sandbox', sandbox, '--policy', policy, '--log-level', 'warn'],
+      env,
+    );
     info = await up.ready;
   });
 
