@@ -12,6 +12,7 @@ import {
   BudgetExceededError,
   BudgetReport,
   Buckets,
+  Streams,
   Decision,
   ExecuteRequest,
   HaltReply,
@@ -337,18 +338,30 @@ export async function startSupervisor(
   /**
    * A control command must name something that exists: a typo (`--run run_doesnotexist`,
    * `--role exectuor`) is a `NOT_FOUND` error, not a halt acknowledged by nobody. A run must be
-   * in the run store; an agent must be in presence (any status: halting a lost agent fences it
+   * in the run store or have trace events (actors may work on runs the supervisor did not
+   * start, e.g. a custom actor's); an agent must be in presence (any status: halting a lost agent fences it
    * should it come back); a role must be served by an agent in presence. A role nobody serves
    * yet is refused too — pre-empting late starters is what `all` is for — unless a halt marker
    * names the scope already (repeating a halt, lifting a marker whose target is gone). `all`
    * always exists. Returns the run record of a run scope when there is one.
    */
+  /** True when the trace stream holds an event of the run (one direct read, no consumer). */
+  const hasTraces = async (runId: string): Promise<boolean> => {
+    const last = await jsm.streams
+      .getMessage(Streams.trace, { last_by_subj: subjects.trace({ runId }) })
+      .catch((err: unknown) => {
+        // Only "no message" is an answer; anything else must not pass for one (fail closed).
+        throw new UnavailableError('cannot read the trace stream', { cause: err });
+      });
+    return last !== null && last !== undefined;
+  };
+
   const requireTarget = async (scope: Scope): Promise<RunRecord | undefined> => {
     if (scope.kind === 'all') return undefined;
     const marked = await hasMarker(scope);
     if (scope.kind === 'run') {
       const run = await runs.get(scope.runId);
-      if (!run && !marked)
+      if (!run && !marked && !(await hasTraces(scope.runId)))
         throw new NotFoundError(`unknown run ${scope.runId}`, { details: { scope } });
       return run;
     }
