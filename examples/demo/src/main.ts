@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect } from '@reins/client';
 import { createGrantSigner, type TraceEvent } from '@reins/protocol';
+import { INSECURE_WARNING } from '@reins/runtime';
 import { startNatsServer, startSwarm } from '@reins/testing';
 
 const here = fileURLToPath(new URL('..', import.meta.url));
@@ -26,6 +27,8 @@ console.log(bold('Reins demo'));
 console.log(
   `${dim('nats-server')}  ${url}${nats ? dim(' (embedded, JetStream, temp store)') : ''}`,
 );
+// The demo runs without NATS credentials (`reins up` is the secure way to start a swarm).
+console.log(paint(33, `warning: ${INSECURE_WARNING}`));
 
 // A sandbox for the executors, seeded with the example's documents.
 const sandbox = await mkdtemp(join(tmpdir(), 'reins-demo-'));
@@ -37,7 +40,8 @@ const offline = !process.env['OPENAI_API_KEY'] && !process.env['OPENAI_BASE_URL'
 console.log(
   `${dim('model')}        ${offline ? 'scripted (offline, deterministic; priced like a small hosted model)' : `OpenAI-compatible ${process.env['REINS_MODEL'] ?? ''}`}`,
 );
-const common = { NATS_URL: url };
+// REINS_INSECURE=1: the warning above is printed once, not by every service.
+const common = { NATS_URL: url, REINS_INSECURE: '1' };
 const plannerEnv = {
   ...common,
   REINS_TRUSTED_ISSUERS: signer.publicKey,

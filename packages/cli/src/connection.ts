@@ -1,8 +1,10 @@
-import { statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
+import { relative } from 'node:path';
 import { hostname, userInfo } from 'node:os';
 import { connect, type ReinsClient } from '@reins/client';
 import { createLogger, loadNkeySeed, nkeyConnection } from '@reins/runtime';
 import { CliError, ExitCode } from './errors.js';
+import { projectKeyDir, seedFile } from './key-dir.js';
 
 /** Options every command takes. */
 export interface CommonOptions {
@@ -14,7 +16,8 @@ export interface CommonOptions {
   as?: string;
   /**
    * File holding the nkey seed to connect with (`--nkey-file`, secure mode); default
-   * `REINS_NKEY_SEED_FILE`, else `REINS_NKEY_SEED`, else no credentials.
+   * `REINS_NKEY_SEED_FILE`, else `REINS_NKEY_SEED`, else the project's client seed
+   * (`projectKeyDir()/client.nk`, made by `reins up`), else no credentials.
    */
   nkeyFile?: string;
 }
@@ -22,7 +25,7 @@ export interface CommonOptions {
 /** The nkey seed a command connects with, and where it came from (never printed). */
 export interface CliCredentials {
   seed: string;
-  /** `--nkey-file <path>`, `REINS_NKEY_SEED_FILE=<path>` or `REINS_NKEY_SEED`. */
+  /** `--nkey-file <path>`, `REINS_NKEY_SEED_FILE=<path>`, `REINS_NKEY_SEED` or `the project's keys (<path>)`. */
   source: string;
   /** The seed file, when it came from one. */
   file: string | undefined;
@@ -30,7 +33,8 @@ export interface CliCredentials {
 
 /**
  * The credentials of a command, the way services find theirs: `--nkey-file`, else
- * `REINS_NKEY_SEED_FILE` or `REINS_NKEY_SEED` (not both). Undefined when none is set. A missing
+ * `REINS_NKEY_SEED_FILE` or `REINS_NKEY_SEED` (not both), else the client seed of the project's
+ * key directory (`projectKeyDir`: what `reins up` made). Undefined when there is none. A missing
  * or unreadable file, a value that is not a user seed (`SU…`) or both variables set is a
  * configuration error (exit 2). A seed file that group or others may read gets a warning on
  * stderr.
@@ -40,13 +44,21 @@ export async function loadCredentials(options: CommonOptions): Promise<CliCreden
   const envFile = process.env['REINS_NKEY_SEED_FILE'] || undefined;
   const envSeed = process.env['REINS_NKEY_SEED'] || undefined;
   // An explicit flag wins over the environment (a shell may export the client seed).
-  const file = flag ?? envFile;
+  // Secure by default: without an explicit seed, the keys `reins up` made for this project.
+  const projectSeed =
+    flag === undefined && envFile === undefined && envSeed === undefined
+      ? seedFile(projectKeyDir(), 'client')
+      : undefined;
+  const found = projectSeed !== undefined && existsSync(projectSeed) ? projectSeed : undefined;
+  const file = flag ?? envFile ?? found;
   const source =
     flag !== undefined
       ? `--nkey-file ${flag}`
       : envFile !== undefined
         ? `REINS_NKEY_SEED_FILE=${envFile}`
-        : 'REINS_NKEY_SEED';
+        : found !== undefined
+          ? `the project's keys (${shownPath(found)})`
+          : 'REINS_NKEY_SEED';
   let seed: string | undefined;
   try {
     seed = await loadNkeySeed(flag !== undefined ? { file: flag } : { seed: envSeed, file });
@@ -61,6 +73,12 @@ export async function loadCredentials(options: CommonOptions): Promise<CliCreden
   if (seed === undefined) return undefined;
   if (file !== undefined) warnIfReadableByOthers(file);
   return { seed, source, file };
+}
+
+/** A path relative to the working directory when it is below it. */
+function shownPath(path: string): string {
+  const rel = relative(process.cwd(), path);
+  return rel && !rel.startsWith('..') ? rel : path;
 }
 
 /** Seeds are credentials: say so when a seed file is readable beyond its owner. */

@@ -61,6 +61,19 @@ export function isAuthError(err: unknown): boolean {
   return err instanceof Error && err.name === 'AuthorizationError';
 }
 
+/** What to list when a run, agent, role or approval was not found (from the error's details). */
+function notFoundHint(details: Record<string, unknown> | undefined): string {
+  if (typeof details?.['approvalId'] === 'string')
+    return 'list approvals with `reins approvals` (decided ones: --status approved|denied|expired)';
+  const scope = details?.['scope'];
+  const kind =
+    typeof scope === 'object' && scope !== null && 'kind' in scope ? scope.kind : undefined;
+  if (kind === 'agent') return 'list agents with `reins ps` (check the agent id)';
+  if (kind === 'role')
+    return 'list agents and the roles they serve with `reins ps`; to stop agents that have not started yet, halt --all';
+  return 'list runs with `reins runs`';
+}
+
 /**
  * Turns any error into a `CliError` that says what to do: no responders on a supervisor
  * subject becomes "no supervisor answered on …", an unreachable NATS names the URL, refused
@@ -124,7 +137,8 @@ export function explainError(err: unknown, context: { natsUrl: string }): CliErr
       case 'NOT_FOUND':
         return new CliError(err.message, {
           cause: err,
-          hint: 'list runs with `reins runs`',
+          code: 'NOT_FOUND',
+          hint: notFoundHint(err.details),
         });
       case 'HALTED':
         return new CliError(`refused: ${err.message}`, {

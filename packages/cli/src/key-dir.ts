@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, lstatSync } from 'node:fs';
 import { chmod, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { DEFAULT_PREFIX } from '@reins/protocol';
 import {
@@ -13,14 +13,38 @@ import {
 } from '@reins/runtime';
 import { CliError, ExitCode } from './errors.js';
 
-/** Where `reins keys init` and `reins up --secure` keep keys unless told otherwise. */
+/** Where `reins keys init` and `reins up` keep keys unless told otherwise, below the project root. */
 export const DEFAULT_KEY_DIR = '.reins/secure';
+/** Files whose directory is a project root: the search for `.reins/` stops there. */
+const PROJECT_MARKERS = ['pnpm-workspace.yaml', '.git'] as const;
 /** The nats-server `authorization` block (public keys and permissions only). */
 export const AUTH_CONF = 'reins-auth.conf';
 /** An example nats-server config that includes `AUTH_CONF`; written once, never overwritten. */
 export const NATS_CONF = 'nats.conf';
 /** Prefix, roles and public keys the directory was made for (no secrets). */
 export const KEYS_META = 'reins-keys.json';
+
+/**
+ * The key directory of the current project, for `reins up`, `reins keys init` and every command
+ * that needs the client seed: `$REINS_HOME/secure` when `REINS_HOME` is set; else the first
+ * `.reins/secure` holding a client seed on the way up from `cwd` to the project root (the
+ * nearest directory holding `pnpm-workspace.yaml` or `.git`); else `<project root>/.reins/secure`,
+ * or `<cwd>/.reins/secure` outside any project — where keys are created. Never throws.
+ */
+export function projectKeyDir(
+  cwd: string = process.cwd(),
+  env: NodeJS.ProcessEnv = process.env,
+): string {
+  const home = env['REINS_HOME']?.trim();
+  if (home) return resolve(cwd, home, 'secure');
+  const start = resolve(cwd);
+  for (let dir = start; ; dir = dirname(dir)) {
+    const candidate = join(dir, DEFAULT_KEY_DIR);
+    if (existsSync(seedFile(candidate, 'client'))) return candidate;
+    if (PROJECT_MARKERS.some((m) => existsSync(join(dir, m)))) return candidate;
+    if (dirname(dir) === dir) return join(start, DEFAULT_KEY_DIR);
+  }
+}
 
 /** The seed file of one role: `<dir>/<role>.nk`. */
 export function seedFile(dir: string, role: SecureRole): string {
@@ -194,7 +218,8 @@ function natsConfExample(prefix: string): string {
 /**
  * Creates or updates a secure-mode key directory: one nkey seed per role (`<role>.nk`, mode
  * 0600, in a 0700 directory), the nats-server authorization block (`reins-auth.conf`), an
- * example `nats.conf` (only when missing) and `reins-keys.json`. Existing seeds are never
+ * example `nats.conf` (only when missing), `reins-keys.json` and a `.gitignore` that keeps the
+ * whole directory out of git (only when missing). Existing seeds are never
  * overwritten unless `replaceAll` or `rotate` names them: without `keepExisting` they are a
  * `KEYS_EXIST` error (exit 2) and nothing is written. Bad prefixes, roles or existing seed
  * files are usage errors (exit 2) raised before anything is written.
@@ -252,6 +277,10 @@ export async function initKeyDir(plan: KeyDirPlan): Promise<KeyDirReport> {
     await mkdir(dir, { recursive: true, mode: 0o700 });
     await chmod(dir, 0o700);
   }
+  // Seeds never belong in a repository, whatever the project's own .gitignore says.
+  const gitignore = join(dir, '.gitignore');
+  if (!existsSync(gitignore))
+    await writeAtomic(gitignore, '# reins keys init: seeds are credentials\n*\n', 0o644);
 
   const keys: KeyFileReport[] = [];
   for (const role of SECURE_ROLES) {

@@ -68,7 +68,7 @@ function common(cmd: Command, options: { credentials?: boolean } = {}): Command 
   if (options.credentials ?? true) {
     cmd.option(
       '--nkey-file <file>',
-      'nkey seed file to connect with in secure mode (default: $REINS_NKEY_SEED_FILE or $REINS_NKEY_SEED)',
+      "nkey seed file to connect with in secure mode (default: $REINS_NKEY_SEED_FILE or $REINS_NKEY_SEED, else the project's .reins/secure/client.nk)",
     );
   }
   return cmd;
@@ -110,8 +110,8 @@ export function createProgram(context: ProgramContext): Command {
 Exit codes: 0 ok · 1 error · 2 bad usage or configuration · 3 run stopped (budget, halt, breaker)
 
 Quick start:
-  reins up                                   # nats-server + supervisor + planner + executor
-  reins up --secure                          # the same, one nkey user per role (.reins/secure)
+  reins up                                   # nats-server + supervisor + planner + executor, one nkey user per role (keys in .reins/secure)
+  reins up --insecure                        # the same without credentials (local experiments only)
   export NATS_URL=<the URL it prints>        # in another terminal
   reins run "Read every document in docs/ and write a report to report.md" --follow
   reins ps · reins runs · reins halt --all --reason "…" · reins doctor`,
@@ -123,9 +123,16 @@ Quick start:
     )
     .option(
       '--secure',
-      'secure mode: nats-server with one nkey user per role, each service on its own seed (keys generated when missing)',
+      'secure mode (the default): nats-server with one nkey user per role, each service on its own seed (keys generated when missing)',
     )
-    .option('--keys <dir>', `key directory of --secure (default ${DEFAULT_KEY_DIR})`)
+    .option(
+      '--insecure',
+      'no credentials: any connection may publish anything (local experiments only; prints a warning)',
+    )
+    .option(
+      '--keys <dir>',
+      `key directory of secure mode (default: the project's ${DEFAULT_KEY_DIR}, or $REINS_HOME/secure)`,
+    )
     .option('--planners <n>', 'planner processes', int('--planners', 0, 64), 1)
     .option('--executors <n>', 'executor processes', int('--executors', 0, 64), 1)
     .option('--role <role>', 'role the planners serve', 'planner')
@@ -308,7 +315,10 @@ Quick start:
     .description(
       'write one nkey seed per role (0600), the nats-server authorization block and an example nats.conf; print the env each service needs',
     )
-    .option('--dir <dir>', 'key directory', DEFAULT_KEY_DIR)
+    .option(
+      '--dir <dir>',
+      `key directory (default: the project's ${DEFAULT_KEY_DIR}, or $REINS_HOME/secure)`,
+    )
     .option(
       '--prefix <prefix>',
       'subject prefix (default: the recorded one, $REINS_PREFIX or reins.v1)',

@@ -1,8 +1,19 @@
 // Runs the built `reins` binary as a user would: a child process with its own env.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const CLI = fileURLToPath(new URL('../dist/main.js', import.meta.url));
+
+/**
+ * The `REINS_HOME` of every spawned `reins` unless a test sets its own (or `undefined`): keys
+ * `reins up` generates land in this throw-away directory, never in the checkout's `.reins/`,
+ * and keys someone made there are never picked up.
+ */
+export const TEST_REINS_HOME = mkdtempSync(join(tmpdir(), 'reins-home-'));
+process.once('exit', () => rmSync(TEST_REINS_HOME, { recursive: true, force: true }));
 
 export interface CliResult {
   code: number | null;
@@ -21,7 +32,7 @@ function childEnv(env: Record<string, string | undefined>): NodeJS.ProcessEnv {
     'REINS_NKEY_SEED',
     'REINS_NKEY_SEED_FILE',
   ]);
-  const merged = { ...process.env, NO_COLOR: '1', ...env };
+  const merged = { ...process.env, NO_COLOR: '1', REINS_HOME: TEST_REINS_HOME, ...env };
   return Object.fromEntries(
     Object.entries(merged).filter(
       (kv): kv is [string, string] => kv[1] !== undefined && (!dropped.has(kv[0]) || kv[0] in env),
@@ -78,18 +89,25 @@ export interface UpProcess {
   readonly child: ChildProcess;
   readonly ready: Promise<UpInfo>;
   readonly lines: string[];
+  /** What it wrote to stderr so far (the first 64 KiB). */
+  stderr(): string;
   /** SIGTERM and wait for the exit code. */
   stop(): Promise<number | null>;
 }
 
-export function reinsUp(args: string[], env: Record<string, string | undefined> = {}): UpProcess {
+export function reinsUp(
+  args: string[],
+  env: Record<string, string | undefined> = {},
+  options: { cwd?: string } = {},
+): UpProcess {
   const child = spawn(process.execPath, [CLI, 'up', '--json', ...args], {
     env: childEnv(env),
+    ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines: string[] = [];
   let stderr = '';
-  child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+  child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(0, 65_536)));
   const exited = new Promise<number | null>((resolve) =>
     child.once('exit', (code) => resolve(code)),
   );
@@ -109,7 +127,7 @@ export function reinsUp(args: string[], env: Record<string, string | undefined> 
     void exited.then((code) =>
       reject(
         new Error(
-          `reins up exited (${String(code)}) before ready:\n${stderr}\n${lines.join('\n')}`,
+          `reins up exited (${String(code)}) before ready:\n${stderr.slice(-4000)}\n${lines.join('\n')}`,
         ),
       ),
     );
@@ -119,6 +137,7 @@ export function reinsUp(args: string[], env: Record<string, string | undefined> 
     child,
     ready,
     lines,
+    stderr: () => stderr,
     async stop() {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
       return exited;

@@ -71,6 +71,22 @@ describe('reins without a swarm', () => {
     expect(report.checks.find((c) => c.name === 'nats')?.status).toBe('fail');
   });
 
+  it('reins up refuses a NATS it has no keys for unless --insecure says so (KEYS_MISSING, exit 2)', async () => {
+    await using nats = await startNatsServer();
+    const home = await mkdtemp(join(tmpdir(), 'reins-empty-home-'));
+    try {
+      const r = await reins(['up', '--nats', nats.url], { REINS_HOME: home });
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain('[KEYS_MISSING]');
+      expect(r.stderr).toContain('reins up --insecure');
+      const both = await reins(['up', '--secure', '--insecure']);
+      expect(both.code).toBe(2);
+      expect(both.stderr).toContain('not both');
+    } finally {
+      await rm(home, { recursive: true, force: true });
+    }
+  });
+
   it('says when NATS has no supervisor, and how to start one', async () => {
     await using nats = await startNatsServer();
     const r = await reins(['runs', '--nats', nats.url]);
@@ -109,7 +125,10 @@ describe('reins up on an existing NATS, and the commands against it', () => {
     const policy = join(sandbox, '..', `${sandbox.split('/').pop() ?? 'x'}-policy.json`);
     await copyFile(DEMO_POLICY, policy);
     env = { NATS_URL: nats.url };
-    up = reinsUp(['--sandbox', sandbox, '--policy', policy, '--log-level', 'warn'], env);
+    up = reinsUp(
+      ['--insecure', '--sandbox', sandbox, '--policy', policy, '--log-level', 'warn'],
+      env,
+    );
     info = await up.ready;
   });
 
@@ -225,6 +244,50 @@ describe('reins up on an existing NATS, and the commands against it', () => {
     const resume = await reins(['resume', '--role', 'executor', '--json'], env);
     expect(resume.code).toBe(0);
     expect((JSON.parse(resume.stdout) as { acked: string[] }).acked).toContain(executor);
+  });
+
+  it('control commands for an unknown run, agent, role or approval fail with NOT_FOUND (exit 1) and a hint', async () => {
+    const cases: [string[], string, string][] = [
+      [['halt', '--run', 'run_doesnotexist', '--reason', 'typo'], 'run_doesnotexist', 'reins runs'],
+      [['resume', '--run', 'run_doesnotexist'], 'run_doesnotexist', 'reins runs'],
+      [
+        ['pause', '--run', 'run_doesnotexist', '--reason', 'typo'],
+        'run_doesnotexist',
+        'reins runs',
+      ],
+      [['halt', '--agent', 'agent_nobody', '--reason', 'typo'], 'agent_nobody', 'reins ps'],
+      [['resume', '--agent', 'agent_nobody'], 'agent_nobody', 'reins ps'],
+      [['halt', '--role', 'exectuor', '--reason', 'typo'], 'exectuor', 'reins ps'],
+      [['approve', 'ap_doesnotexist'], 'ap_doesnotexist', 'reins approvals'],
+    ];
+    for (const [args, id, hint] of cases) {
+      const r = await reins(args, env);
+      expect(r.code, args.join(' ')).toBe(1);
+      expect(r.stderr, args.join(' ')).toContain(id);
+      expect(r.stderr, args.join(' ')).toContain('[NOT_FOUND]');
+      expect(r.stderr, args.join(' ')).toContain(`what to do:`);
+      expect(r.stderr, args.join(' ')).toContain(hint);
+    }
+    const json = await reins(['halt', '--run', 'run_doesnotexist', '--reason', 'x', '--json'], env);
+    expect(json.code).toBe(1);
+    // Nothing was halted: the typo left no marker behind, and nothing was audited as a halt.
+    const tail = await reins(['audit', 'tail', '-n', '200', '--json'], env);
+    const entries = jsonLines(tail.stdout) as { action: string; runId?: string }[];
+    expect(entries.filter((e) => e.runId === 'run_doesnotexist')).toEqual([]);
+  });
+
+  it('resume says when the scope was not halted (exit 0), and lifts it when it was', async () => {
+    // The previous test left `runId` halted.
+    const lifted = await reins(['resume', '--run', runId, '--json'], env);
+    expect(lifted.code).toBe(0);
+    expect((JSON.parse(lifted.stdout) as { lifted?: boolean }).lifted).toBe(true);
+
+    const again = await reins(['resume', '--run', runId], env);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toContain(`run ${runId} was not halted or paused: nothing to lift`);
+    const json = await reins(['resume', '--role', 'executor', '--json'], env);
+    expect(json.code).toBe(0);
+    expect((JSON.parse(json.stdout) as { lifted?: boolean }).lifted).toBe(false);
   });
 
   it('halt --all stops the whole swarm and lists every ack; resume --all brings it back', async () => {

@@ -2,7 +2,7 @@
 // nats-server runs with the generated config, and the CLI and `reins up --secure` connect with
 // one nkey user per role. Real nats-server, the built binary, no mocks.
 import { spawn } from 'node:child_process';
-import { chmod, copyFile, cp, mkdtemp, readFile, rm, stat, unlink } from 'node:fs/promises';
+import { chmod, copyFile, cp, mkdir, mkdtemp, readFile, rm, stat, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -471,8 +471,90 @@ describe('reins up --secure', () => {
     expect(incomplete.code).toBe(2);
     expect(incomplete.stderr).toContain('[KEYS_INCOMPLETE]');
 
-    const keysAlone = await reins(['up', '--keys', keys]);
-    expect(keysAlone.code).toBe(2);
-    expect(keysAlone.stderr).toContain('--keys only applies with --secure');
+    const keysInsecure = await reins(['up', '--insecure', '--keys', keys]);
+    expect(keysInsecure.code).toBe(2);
+    expect(keysInsecure.stderr).toContain('--keys only applies in secure mode');
+  });
+});
+
+describe('reins up with no flags: secure by default, keys found from the project', () => {
+  let project: string;
+  let up: UpProcess;
+  let info: UpInfo;
+
+  beforeAll(async () => {
+    // A project: its root holds .git; commands run from a folder below it.
+    project = await mkdtemp(join(tmpdir(), 'reins-project-'));
+    await mkdir(join(project, '.git'));
+    await mkdir(join(project, 'src', 'deep'), { recursive: true });
+    up = reinsUp(['--log-level', 'warn'], { REINS_HOME: undefined }, { cwd: project });
+    info = await up.ready;
+  });
+  afterAll(async () => {
+    await up.stop();
+    await rm(project, { recursive: true, force: true });
+  });
+
+  it("generates the keys under the project's .reins/ (0700, 0600 seeds, git-ignored) and runs nats-server with them", async () => {
+    const keys = join(project, '.reins', 'secure');
+    expect(info.secure).toEqual({ keys, clientSeedFile: join(keys, 'client.nk'), generated: true });
+    expect(await mode(keys)).toBe(0o700);
+    for (const role of ROLES) expect(await mode(join(keys, `${role}.nk`))).toBe(0o600);
+    expect((await readFile(join(keys, '.gitignore'), 'utf8')).split('\n')).toContain('*');
+    expect(up.stderr()).not.toContain('insecure');
+
+    // An unauthenticated connection is refused (the default REINS_HOME of the tests has no keys).
+    const anonymous = await reins(['ps', '--json', '--nats', info.natsUrl]);
+    expect(anonymous.code).toBe(1);
+    expect(anonymous.stderr).toContain('[NATS_AUTH]');
+  });
+
+  it('reins run from a folder of the project finds the client seed and completes a run', async () => {
+    const env = { NATS_URL: info.natsUrl, REINS_HOME: undefined };
+    const cwd = join(project, 'src', 'deep');
+    const r = await reins(['run', GOAL, '--follow', '--json', '--max-steps', '20'], env, 60_000, {
+      cwd,
+    });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const lines = jsonLines(r.stdout) as { run?: { status: string } }[];
+    expect(lines.at(-1)?.run?.status).toBe('completed');
+
+    const doctor = await reins(['doctor', '--json'], env, 60_000, { cwd });
+    const report = JSON.parse(doctor.stdout) as { checks: { name: string; detail: string }[] };
+    expect(report.checks.find((c) => c.name === 'nats')?.detail).toContain(
+      "with the nkey of the project's keys",
+    );
+    // REINS_HOME names the keys from anywhere.
+    const home = await reins(['ps', '--json'], {
+      NATS_URL: info.natsUrl,
+      REINS_HOME: join(project, '.reins'),
+    });
+    expect(home.code).toBe(0);
+  });
+});
+
+describe('reins up --insecure', () => {
+  it('runs without credentials and warns once, at start', async () => {
+    const up = reinsUp(['--insecure', '--log-level', 'warn']);
+    try {
+      const info = await up.ready;
+      expect(info.secure).toBeUndefined();
+      const warnings = up
+        .stderr()
+        .split('\n')
+        .filter((l) => l.includes('insecure:'));
+      expect(warnings).toEqual([
+        'reins: warning: insecure: no NATS credentials, any connection may publish anything — for local experiments only (docs/secure-mode.md)',
+      ]);
+      // The services it starts do not repeat it.
+      expect(up.lines.filter((l) => l.includes('insecure:'))).toEqual([]);
+      const ps = await reins(['ps', '--json', '--nats', info.natsUrl]);
+      expect(ps.code).toBe(0);
+      expect((JSON.parse(ps.stdout) as unknown[]).length).toBe(3);
+      expect(await up.stop()).toBe(0);
+    } finally {
+      await up.stop();
+    }
   });
 });

@@ -84,8 +84,17 @@ export interface ReinsClient extends AsyncDisposable {
     ): Promise<ApprovalRecord>;
     deny(approvalId: string, reason: string): Promise<ApprovalRecord>;
   };
+  /**
+   * Halts a scope: marker, broadcast, acks, fencing. Rejects with `NotFoundError` (details
+   * `{ scope }`) when the run, agent or role does not exist and no halt marker names it.
+   */
   halt(scope: Scope, reason: string, options?: { deadlineMs?: number }): Promise<HaltReply>;
+  /**
+   * Lifts a halt or pause; the reply's `lifted` is false when nothing was halted or paused (not
+   * an error). Rejects with `NotFoundError` for an unknown target, as `halt` does.
+   */
   resume(scope: Scope, reason?: string): Promise<HaltReply>;
+  /** Pauses a scope. Rejects with `NotFoundError` for an unknown target, as `halt` does. */
   pause(scope: Scope, reason: string): Promise<HaltReply>;
   close(): Promise<void>;
 }
@@ -129,7 +138,8 @@ export async function connect(options: ClientOptions = {}): Promise<ReinsClient>
         { limit: 1000 },
       );
       hash = pending.approvals.find((a) => a.approvalId === approvalId)?.argsHash;
-      if (!hash) throw new NotFoundError(`unknown approval ${approvalId}`);
+      if (!hash)
+        throw new NotFoundError(`unknown approval ${approvalId}`, { details: { approvalId } });
     }
     return runtime.request(s.ctlApprove, ApprovalDecision, ApprovalRecord, {
       approvalId,

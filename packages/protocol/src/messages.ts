@@ -302,6 +302,11 @@ export const HaltReply = z.object({
   missing: z.array(Id),
   aborted: Count,
   unknownOutcomes: z.array(z.object({ runId: Id, tool: Id, idempotencyKey: IdempotencyKey })),
+  /**
+   * Resume only: whether a halt or pause was in force for the scope (a halt marker, a halted or
+   * paused run, or an agent in it reporting `paused`/`halted`). False: there was nothing to lift.
+   */
+  lifted: z.boolean().optional(),
 });
 export type HaltReply = z.infer<typeof HaltReply>;
 

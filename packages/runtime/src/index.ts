@@ -50,7 +50,7 @@ export type {
   SecureConfig,
   SubjectPermissions,
 } from './secure-mode.js';
-export { CommaList, ServiceEnv, runService } from './service.js';
+export { CommaList, INSECURE_WARNING, ServiceEnv, runService } from './service.js';
 export { ServerClock, type ServerClockOptions } from './server-clock.js';
 export { BoundedMap } from './bounded-map.js';
 export { DEFAULT_REPLY_PREFIXES, isAllowedReply } from './reply-guard.js';

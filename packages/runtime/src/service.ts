@@ -21,6 +21,8 @@ export const ServiceEnv = z.object({
   REINS_NKEY_SEED: z.string().optional(),
   REINS_NKEY_SEED_FILE: z.string().optional(),
   REINS_SHUTDOWN_DEADLINE_MS: z.coerce.number().int().positive().default(10_000),
+  /** `1`: running without credentials on purpose, and whoever started the service warned. */
+  REINS_INSECURE: z.enum(['0', '1']).optional(),
 });
 
 /**
@@ -29,6 +31,14 @@ export const ServiceEnv = z.object({
  * also verify grants with them (and require them).
  */
 const TrustEnv = z.object({ REINS_TRUSTED_ISSUERS: CommaList.optional() });
+
+/**
+ * The one-line warning of a process that connects to NATS without credentials. `reins up
+ * --insecure` prints it once, and so does every service started otherwise (unless
+ * `REINS_INSECURE=1` says its launcher already did).
+ */
+export const INSECURE_WARNING =
+  'insecure: no NATS credentials, any connection may publish anything — for local experiments only (docs/secure-mode.md)';
 
 /**
  * Runs a service process: validates its environment with `schema` (a clear error naming each
@@ -46,6 +56,8 @@ export async function runService<S extends typeof ServiceEnv>(
     const env = parseEnv(schema);
     const trusted = parseEnv(TrustEnv).REINS_TRUSTED_ISSUERS;
     const seed = await loadNkeySeed({ seed: env.REINS_NKEY_SEED, file: env.REINS_NKEY_SEED_FILE });
+    if (!seed && env.REINS_INSECURE !== '1')
+      process.stderr.write(`${name}: warning: ${INSECURE_WARNING}\n`);
     const runtime = await Runtime.connect({
       servers: env.NATS_URL,
       name,

@@ -12,12 +12,14 @@ import {
   BudgetExceededError,
   BudgetReport,
   Buckets,
+  Streams,
   Decision,
   ExecuteRequest,
   HaltReply,
   HaltRequest,
   HaltedError,
   NotFoundError,
+  scopeKey,
   PausedError,
   PolicyDeniedError,
   ReinsError,
@@ -194,6 +196,13 @@ export async function startSupervisor(
   const approvals = new ApprovalStore(await openBucket(nc, Buckets.approvals));
   const approvalTimeoutMs = options.approvalTimeoutMs ?? 600_000;
   const halts = await runtime.halts();
+  // Read directly (not the watched set) so that every supervisor instance sees a marker another
+  // one wrote a moment ago.
+  const haltsKv = await openBucket(nc, Buckets.halts);
+  const hasMarker = async (scope: Scope): Promise<boolean> => {
+    const e = await haltsKv.get(scopeKey(scope));
+    return e?.operation === 'PUT' && e.value.length > 0;
+  };
   const policyCache = new Map<string, Policy>();
   /**
    * Ids of tool grants this instance issued recently (bounded). Tool grants reserve nothing, so
@@ -334,12 +343,63 @@ export async function startSupervisor(
     };
   };
 
-  /** Broadcasts resume or pause for a scope and answers with who acknowledged. */
+  /**
+   * A control command must name something that exists: a typo (`--run run_doesnotexist`,
+   * `--role exectuor`) is a `NOT_FOUND` error, not a halt acknowledged by nobody. A run must be
+   * in the run store or have trace events (actors may work on runs the supervisor did not
+   * start, e.g. a custom actor's); an agent must be in presence (any status: halting a lost agent fences it
+   * should it come back); a role must be served by an agent in presence. A role nobody serves
+   * yet is refused too — pre-empting late starters is what `all` is for — unless a halt marker
+   * names the scope already (repeating a halt, lifting a marker whose target is gone). `all`
+   * always exists. Returns the run record of a run scope when there is one.
+   */
+  /** True when the trace stream holds an event of the run (one direct read, no consumer). */
+  const hasTraces = async (runId: string): Promise<boolean> => {
+    const last = await jsm.streams
+      .getMessage(Streams.trace, { last_by_subj: subjects.trace({ runId }) })
+      .catch((err: unknown) => {
+        // Only "no message" is an answer; anything else must not pass for one (fail closed).
+        throw new UnavailableError('cannot read the trace stream', { cause: err });
+      });
+    return last !== null && last !== undefined;
+  };
+
+  const requireTarget = async (scope: Scope): Promise<RunRecord | undefined> => {
+    if (scope.kind === 'all') return undefined;
+    const marked = await hasMarker(scope);
+    if (scope.kind === 'run') {
+      const run = await runs.get(scope.runId);
+      if (!run && !marked && !(await hasTraces(scope.runId)))
+        throw new NotFoundError(`unknown run ${scope.runId}`, { details: { scope } });
+      return run;
+    }
+    if (marked) return undefined;
+    const known = await listAgents(runtime, {
+      includeLost: true,
+      includeStopped: true,
+      timeoutMs: 5_000,
+    });
+    if (scope.kind === 'agent' && !known.some((ag) => ag.agentId === scope.agentId)) {
+      throw new NotFoundError(`unknown agent ${scope.agentId}: no such agent in presence`, {
+        details: { scope },
+      });
+    }
+    if (scope.kind === 'role' && !known.some((ag) => ag.role === scope.role)) {
+      const roles = [...new Set(known.map((ag) => ag.role))].sort();
+      throw new NotFoundError(
+        `unknown role ${scope.role}: no agent serves it${roles.length ? ` (roles: ${roles.join(', ')})` : ''}`,
+        { details: { scope, roles } },
+      );
+    }
+    return undefined;
+  };
+
+  /** Broadcasts resume or pause to `ackers` and answers with who acknowledged. */
   const relay = async (
     type: 'resume' | 'pause',
     req: z.output<typeof HaltRequest>,
+    ackers: string[],
   ): Promise<HaltReply> => {
-    const { ackers } = await controlTargets(req.scope);
     const acks = await broadcastControl(
       runtime,
       { type, scope: req.scope, reason: req.reason, deadlineMs: Math.min(req.deadlineMs, 1000) },
@@ -986,7 +1046,10 @@ export async function startSupervisor(
           async (req) => {
             const now = Date.now();
             const current = await approvals.get(req.approvalId);
-            if (!current) throw new NotFoundError(`unknown approval ${req.approvalId}`);
+            if (!current)
+              throw new NotFoundError(`unknown approval ${req.approvalId}`, {
+                details: { approvalId: req.approvalId },
+              });
             // A decision binds to the exact action: it names the arguments it approves.
             if (current.argsHash !== req.argsHash) {
               throw new PolicyDeniedError(
@@ -1005,7 +1068,10 @@ export async function startSupervisor(
                 ...(req.reason ? { reason: req.reason } : {}),
               };
             });
-            if (!updated) throw new NotFoundError(`unknown approval ${req.approvalId}`);
+            if (!updated)
+              throw new NotFoundError(`unknown approval ${req.approvalId}`, {
+                details: { approvalId: req.approvalId },
+              });
             if (updated.decidedAt === now) {
               await record({
                 action: 'approval.decision',
@@ -1049,6 +1115,7 @@ export async function startSupervisor(
           subjects.ctlHalt,
           HaltRequest,
           async (req) => {
+            await requireTarget(req.scope);
             const haltId = newId('h');
             await halts.write({
               haltId,
@@ -1136,21 +1203,26 @@ export async function startSupervisor(
           subjects.ctlResume,
           HaltRequest,
           async (req) => {
+            const run = await requireTarget(req.scope);
+            const marked = await hasMarker(req.scope);
+            const stoppedRun = run?.status === 'halted' || run?.status === 'paused';
             await halts.clear(req.scope);
             await record({
               action: 'resume',
               ...(req.scope.kind === 'run' ? { runId: req.scope.runId } : {}),
               details: { scope: req.scope, reason: req.reason, requestedBy: req.requestedBy },
             });
-            const reply = await relay('resume', req);
-            if (req.scope.kind === 'run') {
-              const run = await runs.get(req.scope.runId);
-              if (run && (run.status === 'halted' || run.status === 'paused')) {
-                const resumed = await runs.setStatus(run.runId, 'running');
-                await enqueue(resumed, `resume-${newId()}`);
-              }
+            const { owners, ackers } = await controlTargets(req.scope);
+            // Pauses of agents, roles or `all` live only in the actors: their heartbeats say so.
+            const pausedAgent = owners.some(
+              (ag) => ag.status === 'paused' || ag.status === 'halted',
+            );
+            const reply = await relay('resume', req, ackers);
+            if (run && stoppedRun) {
+              const resumed = await runs.setStatus(run.runId, 'running');
+              await enqueue(resumed, `resume-${newId()}`);
             }
-            return reply;
+            return { ...reply, lifted: marked || stoppedRun || pausedAgent };
           },
           { queue: SUPERVISOR_QUEUE, reply: HaltReply, runOf: () => undefined },
         );
@@ -1158,13 +1230,14 @@ export async function startSupervisor(
           subjects.ctlPause,
           HaltRequest,
           async (req) => {
+            await requireTarget(req.scope);
             await record({
               action: 'pause',
               ...(req.scope.kind === 'run' ? { runId: req.scope.runId } : {}),
               details: { scope: req.scope, reason: req.reason, requestedBy: req.requestedBy },
             });
             if (req.scope.kind === 'run') await runs.setStatus(req.scope.runId, 'paused');
-            return relay('pause', req);
+            return relay('pause', req, (await controlTargets(req.scope)).ackers);
           },
           { queue: SUPERVISOR_QUEUE, reply: HaltReply, runOf: () => undefined },
         );

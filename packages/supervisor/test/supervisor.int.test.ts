@@ -602,6 +602,38 @@ describe('supervisor actor', () => {
       .toBe('grant');
   });
 
+  it('control commands for an unknown run, agent or role are NOT_FOUND and leave no marker; resume says whether it lifted anything', async () => {
+    const control = (subject: string, scope: HaltRequest['scope']) =>
+      client.request(subject, HaltRequest, HaltReply, { scope, reason: 'x', deadlineMs: 300 });
+    const kv = await new Kvm(client.nc).open(Buckets.halts);
+    for (const subject of [
+      client.subjects.ctlHalt,
+      client.subjects.ctlResume,
+      client.subjects.ctlPause,
+    ]) {
+      for (const scope of [
+        { kind: 'run', runId: 'run_doesnotexist' },
+        { kind: 'agent', agentId: 'agent_nobody' },
+        { kind: 'role', role: 'role_nobody_serves' },
+      ] as const) {
+        const err = await control(subject, scope).catch((e: unknown) => e);
+        expect(err, `${subject} ${JSON.stringify(scope)}`).toBeInstanceOf(NotFoundError);
+        expect((err as NotFoundError).details?.['scope']).toEqual(scope);
+      }
+    }
+    expect(await kv.get('run.run_doesnotexist')).toBeNull();
+    expect(await kv.get('role.role_nobody_serves')).toBeNull();
+
+    const run = await start({ steps: 10 });
+    const scope = { kind: 'run', runId: run.runId } as const;
+    expect((await control(client.subjects.ctlResume, scope)).lifted).toBe(false);
+    await control(client.subjects.ctlHalt, scope);
+    expect((await control(client.subjects.ctlResume, scope)).lifted).toBe(true);
+    expect((await control(client.subjects.ctlResume, scope)).lifted).toBe(false);
+    // `all` always exists; with no halt in force, resuming it lifts nothing.
+    expect((await control(client.subjects.ctlResume, { kind: 'all' })).lifted).toBe(false);
+  });
+
   it('a child run is carved out of its parent and cannot exceed it', async () => {
     const parent = await start({ usd: 1, steps: 100 });
     await expect(start({ usd: 2 }, { parentRunId: parent.runId })).rejects.toBeInstanceOf(

@@ -118,6 +118,7 @@ async function findApproval(client: ReinsClient, approvalId: string): Promise<Ap
   const found = all.find((a) => a.approvalId === approvalId);
   if (!found) {
     throw new CliError(`no approval ${approvalId}`, {
+      code: 'NOT_FOUND',
       hint: 'list pending approvals with `reins approvals --status pending`',
     });
   }

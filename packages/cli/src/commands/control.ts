@@ -87,6 +87,11 @@ export async function controlCommand(
     return ExitCode.ok;
   }
   const s = createStyle();
+  if (action === 'resume' && reply.lifted === false) {
+    // Not an error: resuming is idempotent, and a script may resume what another already did.
+    println(`${describeScope(scope)} was not halted or paused: nothing to lift`);
+    return ExitCode.ok;
+  }
   println(`${s.bold(PAST[action])} ${describeScope(scope)}${reason ? s.dim(` — ${reason}`) : ''}`);
   println(
     `  ${s.green(`acked (${reply.acked.length})`)}   ${reply.acked.length ? reply.acked.join(', ') : s.dim('none')}`,

@@ -1,7 +1,7 @@
 import { isAbsolute, relative } from 'node:path';
 import { SECURE_ROLES, type SecureRole } from '@reins/runtime';
 import { ExitCode, usageError } from '../errors.js';
-import { DEFAULT_KEY_DIR, initKeyDir, type KeyDirReport, type KeyRoles } from '../key-dir.js';
+import { initKeyDir, projectKeyDir, type KeyDirReport, type KeyRoles } from '../key-dir.js';
 import { createStyle, printJson, println } from '../output.js';
 import { requireId } from './ids.js';
 
@@ -93,7 +93,7 @@ export async function keysInitCommand(options: KeysInitOptions): Promise<ExitCod
       : undefined;
   const rotate = rotateList(options.rotate);
   const report = await initKeyDir({
-    dir: options.dir ?? DEFAULT_KEY_DIR,
+    dir: options.dir ?? projectKeyDir(),
     ...(options.prefix !== undefined ? { prefix: options.prefix } : {}),
     ...(roles ? { roles } : {}),
     ...(rotate ? { rotate } : {}),

@@ -5,11 +5,11 @@ import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { ReinsClient } from '@reins/client';
 import { DEFAULT_PREFIX, Heartbeat, createGrantSigner, decode } from '@reins/protocol';
-import { syncAlwaysConfig } from '@reins/runtime';
+import { INSECURE_WARNING, syncAlwaysConfig } from '@reins/runtime';
 import { loadPolicyFile, loadSigningKey } from '@reins/supervisor';
 import { natsUrl, openClient, type CommonOptions } from '../connection.js';
 import { CliError, ExitCode, explainError, usageError } from '../errors.js';
-import { DEFAULT_KEY_DIR, initKeyDir, readKeyDir, type KeyDir } from '../key-dir.js';
+import { initKeyDir, projectKeyDir, readKeyDir, type KeyDir } from '../key-dir.js';
 import { formatLogLine } from '../log-line.js';
 import {
   INSTALL_NATS_HINT,
@@ -36,9 +36,11 @@ export interface UpOptions extends CommonOptions {
   logLevel?: string;
   /** Give up when the swarm is not ready after this many seconds (default 30). */
   readyTimeout?: number;
-  /** Secure mode: one nkey user per role (docs/secure-mode.md). */
+  /** Secure mode: one nkey user per role (docs/secure-mode.md). The default; the flag is kept. */
   secure?: boolean;
-  /** Key directory of `--secure` (default `.reins/secure`); generated when it holds no keys. */
+  /** No credentials at all: any connection may publish anything (`--insecure`). */
+  insecure?: boolean;
+  /** Key directory of secure mode (default `projectKeyDir()`); generated when it holds no keys. */
   keys?: string;
 }
 
@@ -141,7 +143,7 @@ async function prepareSecureKeys(
       throw new CliError(`no secure-mode keys in ${dir} for the NATS server at ${external}`, {
         exitCode: ExitCode.usage,
         code: 'KEYS_MISSING',
-        hint: `create them with \`reins keys init --dir ${dir}\`, start that nats-server with ${dir}/reins-auth.conf, then run this again`,
+        hint: `create them with \`reins keys init --dir ${dir}\`, start that nats-server with ${dir}/reins-auth.conf, then run this again; or, for a server without credentials on purpose, \`reins up --insecure\``,
       });
     }
     // Least privilege for this swarm: the planner user serves its role, the executor user `executor`.
@@ -239,10 +241,14 @@ async function waitForAgents(
  * Ctrl-C / SIGTERM stops the services (SIGTERM, wait), then nats-server. A second Ctrl-C
  * kills everything at once. Exit 0 after a requested stop; 1 when the swarm failed.
  *
- * With `--secure`, nats-server runs with the key directory's `reins-auth.conf` (the keys are
- * generated first when the directory holds none), each service connects with its role's
- * `REINS_NKEY_SEED_FILE`, the CLI with the client seed, and the supervisor (which alone may
- * create the streams and buckets) is up before the planners and executors start.
+ * Secure by default (`--secure` is accepted and changes nothing): nats-server runs with the
+ * project key directory's `reins-auth.conf` (`projectKeyDir()`, or `--keys`; the keys are
+ * generated first when it holds none, and every `reins` command in the project finds the client
+ * seed there), each service connects with its role's `REINS_NKEY_SEED_FILE`, the CLI with the
+ * client seed, and the supervisor (which alone may create the streams and buckets) is up before
+ * the planners and executors start. With an external NATS and no keys it refuses to start
+ * (`KEYS_MISSING`). `--insecure` runs without any credentials and warns once on stderr (the
+ * services are told, with `REINS_INSECURE=1`, not to repeat it).
  */
 export async function upCommand(options: UpOptions, signal: AbortSignal): Promise<ExitCode> {
   const style = createStyle();
@@ -252,9 +258,14 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
   const executors = count(options.executors, 'executors', 1);
   const role = requireId(options.role ?? 'planner', 'role');
   const external = options.nats ?? (process.env['NATS_URL'] || undefined);
-  if (options.keys !== undefined && !options.secure) {
-    throw usageError('--keys only applies with --secure', 'add --secure, or drop --keys');
+  if (options.secure && options.insecure) {
+    throw usageError('give --secure or --insecure, not both', 'secure mode is the default');
   }
+  if (options.keys !== undefined && options.insecure) {
+    throw usageError('--keys only applies in secure mode', 'drop --insecure, or drop --keys');
+  }
+  const insecure = options.insecure === true;
+  if (insecure) process.stderr.write(`${errStyle.yellow('reins: warning:')} ${INSECURE_WARNING}\n`);
   if (external && options.port !== undefined) {
     throw usageError(
       '--port only applies when `reins up` starts nats-server, but a NATS URL is set',
@@ -282,11 +293,14 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
   let secure: SecureSetup | undefined;
   try {
     // Keys first: a directory that does not fit fails before anything is created or started.
-    if (options.secure) {
-      secure = await prepareSecureKeys(options.keys ?? DEFAULT_KEY_DIR, role, external);
+    if (!insecure) {
+      secure = await prepareSecureKeys(options.keys ?? projectKeyDir(), role, external);
       if (secure.generated && !json) {
         process.stderr.write(
-          errStyle.dim(`generated secure-mode keys in ${secure.keys.dir} (reins keys init)\n`),
+          errStyle.dim(
+            `generated secure-mode keys in ${secure.keys.dir}: seeds 0600 in a 0700 directory, ` +
+              `git-ignored (its own .gitignore); reins commands in this project find them\n`,
+          ),
         );
       }
     }
@@ -322,8 +336,9 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
       await seedSandbox(sandbox);
     }
     const key = signingKey();
+    // Insecure on purpose: the services need not repeat the warning printed above.
     const seedEnv = (r: 'supervisor' | 'planner' | 'executor'): Record<string, string> =>
-      secure ? { REINS_NKEY_SEED_FILE: secure.keys.seedFiles[r] } : {};
+      secure ? { REINS_NKEY_SEED_FILE: secure.keys.seedFiles[r] } : { REINS_INSECURE: '1' };
 
     let url: string;
     let natsNote: string;
@@ -544,11 +559,19 @@ function printBanner(
       ? ` ${s.dim('(generated now; kept for the next start)')}`
       : '';
     println(`  ${s.bold('secure')}     one nkey user per role, keys in ${info.secure.keys}${note}`);
+  } else {
+    println(
+      `  ${s.bold('insecure')}   ${s.yellow('no credentials: any connection may publish anything')}`,
+    );
   }
   println();
   println(`  In another terminal:`);
   println(`    export NATS_URL=${info.natsUrl}`);
-  if (info.secure) println(`    export REINS_NKEY_SEED_FILE=${info.secure.clientSeedFile}`);
+  if (info.secure) {
+    println(
+      `    export REINS_NKEY_SEED_FILE=${info.secure.clientSeedFile}   ${s.dim('# only outside this project: reins finds the keys here')}`,
+    );
+  }
   println(`    reins run "Read every document in docs/ and write a report to report.md" --follow`);
   println(`    reins ps`);
   println(s.dim('  Ctrl-C stops everything.'));
