@@ -10,7 +10,11 @@ const quiet = () => createLogger({ level: process.env['REINS_LOG_LEVEL'] ?? 'sil
 describe('@reins/client', () => {
   it('halt, pause and resume through connect({ identity }) are audited as requested by that identity', async () => {
     await using nats = await startNatsServer();
-    await using rt = await Runtime.connect({ servers: nats.url, logger: quiet(), heartbeatMs: 500 });
+    await using rt = await Runtime.connect({
+      servers: nats.url,
+      logger: quiet(),
+      heartbeatMs: 500,
+    });
     await using _supervisor = await startSupervisor(rt, { agentId: 'sv-1' });
     await using ops = await connect({ servers: nats.url, logger: quiet(), identity: 'ops' });
 

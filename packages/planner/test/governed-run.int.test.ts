@@ -192,9 +192,7 @@ describe('a governed run in one process', () => {
     const budget = () =>
       rt.request(rt.subjects.runsBudget, RunGetRequest, BudgetReport, { runId: run.runId });
     // Settled: nothing reserved any more, one step committed.
-    await expect
-      .poll(async () => (await budget()).committed.steps, { timeout: 10_000 })
-      .toBe(1);
+    await expect.poll(async () => (await budget()).committed.steps, { timeout: 10_000 }).toBe(1);
     const report = await budget();
     expect(report.reserved.usd).toBe(0);
     // The provider may have billed the call it was cut off in: the reserved worst case is charged.
