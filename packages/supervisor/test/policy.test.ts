@@ -332,11 +332,9 @@ describe('evaluatePolicy', () => {
     const bad = {
       rules: [{ id: 'x', match: { tool: 'pіng' }, effect: 'allow' }],
     } as unknown as PolicyDocument;
-    expect(evaluatePolicy(bad, { ...base, tool: 'ping', args: {} })).toMatchObject({
-      effect: 'deny',
-      rule: 'default.deny',
-      reason: expect.stringMatching(/^invalid policy: .*rules\.0\.match\.tool/),
-    });
+    const refused = evaluatePolicy(bad, { ...base, tool: 'ping', args: {} });
+    expect(refused).toMatchObject({ effect: 'deny', rule: 'default.deny' });
+    expect(refused.reason).toMatch(/^invalid policy: .*rules\.0\.match\.tool/);
   });
 
   it('denies a homoglyph tool name even where a wildcard would allow it', () => {
@@ -348,11 +346,9 @@ describe('evaluatePolicy', () => {
       rule: 'any',
     });
     for (const tool of ['reаd_file', 'read_fіle', 'read file', 'read_file\u0000']) {
-      expect(evaluatePolicy(anything, { ...base, tool, args: {} }), tool).toMatchObject({
-        effect: 'deny',
-        rule: 'default.deny',
-        reason: expect.stringContaining('tool names are ASCII'),
-      });
+      const d = evaluatePolicy(anything, { ...base, tool, args: {} });
+      expect(d, tool).toMatchObject({ effect: 'deny', rule: 'default.deny' });
+      expect(d.reason, tool).toContain('tool names are ASCII');
     }
   });
 
@@ -501,11 +497,9 @@ describe('narrowPolicy', () => {
     expect(
       evaluatePolicy(widened, input('write_file', { path: '/workspace/out/x' })),
     ).toMatchObject({ effect: 'approve', rule: 'write.approve' });
-    expect(evaluatePolicy(widened, input('reаd_file', { path: '/workspace/a' }))).toMatchObject({
-      effect: 'deny',
-      rule: 'default.deny',
-      reason: expect.stringContaining('tool names are ASCII'),
-    });
+    const homoglyph = evaluatePolicy(widened, input('reаd_file', { path: '/workspace/a' }));
+    expect(homoglyph).toMatchObject({ effect: 'deny', rule: 'default.deny' });
+    expect(homoglyph.reason).toContain('tool names are ASCII');
   });
 
   it('an allow-list overlay (default deny) denies what it does not list', () => {
