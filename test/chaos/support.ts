@@ -1,4 +1,4 @@
-// Helpers shared by the chaos scenarios (test/chaos/*.chaos.ts and test/chaos-quick.int.test.ts).
+// Helpers shared by the chaos scenarios (test/chaos/*.chaos.ts).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';

@@ -298,13 +298,14 @@ describe('reins up on an existing NATS, and the commands against it', () => {
     const expected = info.agents.filter((a) => !a.startsWith('supervisor')).sort();
     expect([...reply.acked].sort()).toEqual(expected);
     expect(reply.missing).toEqual([]);
-    // Nothing new starts while halted: a run is admitted but its first step is refused.
-    const stopped = await reins(
+    // Nothing new starts while halted: a run is admitted, but no step of it runs. The run itself
+    // is not halted (it waits for the swarm), so following it gives up at its timeout: exit 1.
+    const held = await reins(
       [
         'run',
         'Summarise docs/ into report.md',
         '--max-steps',
-        '5',
+        '20',
         '--follow',
         '--timeout',
         '3',
@@ -312,9 +313,17 @@ describe('reins up on an existing NATS, and the commands against it', () => {
       ],
       env,
     );
-    expect(stopped.code).not.toBe(0);
+    expect(held.code).toBe(1);
+    expect(held.stderr).toMatch(/did not end within 3s \(it goes on\)/);
+    const heldEvents = jsonLines(held.stdout) as RunLine[];
+    expect(heldEvents.map((e) => e.event)).toEqual(['run.start']);
+    const heldRunId = heldEvents[0]?.runId ?? '';
     const resume = await reins(['resume', '--all', '--json'], env);
     expect(resume.code).toBe(0);
+    // The halt was all that held it: resumed, the same run goes on to completion.
+    const resumed = await reins(['trace', heldRunId, '--json'], env);
+    expect(resumed.code).toBe(0);
+    expect(jsonLines(resumed.stdout).at(-1)).toMatchObject({ event: 'run.end', runId: heldRunId });
     const again = await reins(
       ['run', 'Summarise docs/ into report.md', '--max-steps', '20', '--follow', '--json'],
       env,

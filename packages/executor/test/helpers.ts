@@ -132,6 +132,7 @@ export function testTools() {
   const lines: string[] = [];
   const values = new Map<string, string>();
   let gate: Promise<void> | undefined;
+  let putGate: Promise<void> | undefined;
   const slowWriteStarted = deferred();
   const slowReadStarted = deferred();
 
@@ -158,8 +159,9 @@ export function testTools() {
     output: z.object({ ok: z.boolean() }),
     effect: 'write',
     idempotent: true,
-    run({ key, value }) {
+    async run({ key, value }) {
       calls.put += 1;
+      if (putGate) await putGate;
       values.set(key, value);
       return { ok: true };
     },
@@ -228,6 +230,15 @@ export function testTools() {
       gate = d.promise;
       return () => {
         gate = undefined;
+        d.resolve();
+      };
+    },
+    /** Makes `put_value` wait until the returned function is called. */
+    holdPut(): () => void {
+      const d = deferred();
+      putGate = d.promise;
+      return () => {
+        putGate = undefined;
         d.resolve();
       };
     },

@@ -207,6 +207,77 @@ describe('executor: idempotency', () => {
     expect(t.values.get('a')).toBe('1');
   });
 
+  it('duplicates on 2 executors race for the same expired lease: the idempotent tool runs once', async () => {
+    const t = testTools();
+    await using env = await setup(t.tools);
+    await using rt2 = await testRuntime(env.nats.url);
+    await using second = await startExecutor(rt2, {
+      tools: t.tools,
+      trustedIssuers: [env.signer.publicKey],
+      agentId: 'executor-2',
+    });
+    const kv = await openBucket(env.client.nc, Buckets.idem);
+    // Four keys raced at once, six duplicates each: a race lost by luck on one key is won on another.
+    const KEYS = 4;
+    const DUPLICATES = 6;
+    const races = await Promise.all(
+      Array.from({ length: KEYS }, async (_, i) => {
+        const call: Call = {
+          tool: 'put_value',
+          args: { key: `race-${i}`, value: '1' },
+          idempotencyKey: `k-race-${i}`,
+        };
+        const holder = {
+          state: 'running',
+          tool: call.tool,
+          argsHash: hashArgs(call.args),
+          runId: 'run-1',
+          grantId: 'g-crashed',
+          owner: 'executor-dead',
+          attemptId: 'try_dead',
+          startedAt: Date.now(),
+        } as const;
+        // A holder alive while the duplicates arrive: they all wait on its claim.
+        const revision = await kv.put(
+          idempotencyKvKey(call.idempotencyKey),
+          encode(IdempotencyRecord, { ...holder, leaseUntil: Date.now() + 60_000 }),
+        );
+        return { call, holder, revision };
+      }),
+    );
+    const release = t.holdPut();
+    const results = Promise.all(
+      races.map(({ call }) => {
+        const grant = grantFor(env.signer, call);
+        return Promise.all(Array.from({ length: DUPLICATES }, () => env.execute(call, grant)));
+      }),
+    );
+    results.catch(() => undefined); // awaited below
+    await expect
+      .poll(() => env.executor.actor.inFlight + second.actor.inFlight, { timeout: 10_000 })
+      .toBe(KEYS * DUPLICATES);
+    // The holder's last word is a lease already in the past (it died): one write wakes every
+    // duplicate at once, each finds the lease expired, and all try to take it over.
+    await Promise.all(
+      races.map(({ call, holder, revision }) =>
+        kv.update(
+          idempotencyKvKey(call.idempotencyKey),
+          encode(IdempotencyRecord, { ...holder, leaseUntil: Date.now() - 1 }),
+          revision,
+        ),
+      ),
+    );
+    await expect.poll(() => t.calls.put, { timeout: 10_000 }).toBeGreaterThanOrEqual(KEYS);
+    release();
+    const all: ToolResult[][] = await results;
+
+    expect(t.calls.put).toBe(KEYS);
+    for (const perKey of all) {
+      for (const r of perKey) expect(r).toMatchObject({ ok: true, output: { ok: true } });
+      expect(perKey.filter((r) => r.ok && !r.replayed)).toHaveLength(1);
+    }
+  });
+
   it('a live lease of another holder makes a duplicate wait, then replay its result', async () => {
     const t = testTools();
     await using env = await setup(t.tools);

@@ -4,6 +4,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import {
+  BudgetReport,
+  HaltReply,
+  HaltRequest,
   RunGetRequest,
   RunRecord,
   RunStartRequest,
@@ -150,6 +153,50 @@ describe('a governed run in one process', () => {
     const rec = await getRun(run.runId);
     expect(rec.stopReason).toBe('STEP_CAP');
     expect(rec.used.steps).toBe(1);
+  });
+
+  it('a model call cut off by a halt is charged its reserved estimate, not $0', async () => {
+    // A planner of its own role, whose model answers only after ten minutes (abortable).
+    await startPlanner(rt, {
+      role: 'slow-planner',
+      agentId: 'slow-planner-0',
+      concurrency: 1,
+      model: createScriptedModel({
+        name: 'slow',
+        price: { input: 2, output: 8 },
+        latencyMs: 600_000,
+        turns: ['never seen'],
+      }),
+      tools: [],
+    });
+    const run = await rt.request(rt.subjects.runsStart, RunStartRequest, RunRecord, {
+      goal: 'Think for a long time',
+      role: 'slow-planner',
+      budget: { steps: 5, usd: 1 },
+    });
+    const calls: TraceEvent[] = [];
+    await using _sub = await subscribeTraces(
+      rt,
+      { runId: run.runId, event: 'model.call' },
+      { callback: (e) => calls.push(e) },
+    );
+    await expect.poll(() => calls.length, { timeout: 30_000 }).toBe(1);
+    const estimate = (calls[0]?.data as { estimate: { usd: number } }).estimate.usd;
+    expect(estimate).toBeGreaterThan(0);
+
+    await rt.request(rt.subjects.ctlHalt, HaltRequest, HaltReply, {
+      scope: { kind: 'run', runId: run.runId },
+      reason: 'stop thinking',
+      deadlineMs: 2000,
+    });
+    const budget = () =>
+      rt.request(rt.subjects.runsBudget, RunGetRequest, BudgetReport, { runId: run.runId });
+    // Settled: nothing reserved any more, one step committed.
+    await expect.poll(async () => (await budget()).committed.steps, { timeout: 10_000 }).toBe(1);
+    const report = await budget();
+    expect(report.reserved.usd).toBe(0);
+    // The provider may have billed the call it was cut off in: the reserved worst case is charged.
+    expect(report.committed.usd).toBeCloseTo(estimate, 6);
   });
 
   it('runs a long run across two planners taking turns: every step and every tool call once', async () => {

@@ -89,6 +89,30 @@ describe('grants', () => {
     expect(reason(() => verifyGrant(g, { trustedIssuers: [] }))).toBe('untrusted_issuer');
   });
 
+  it('is expired at exactly expiresAt, and valid one millisecond before', () => {
+    const g = signer.sign(body);
+    expect(verifyGrant(g, { trustedIssuers: trusted, now: body.expiresAt - 1 })).toEqual(g);
+    expect(reason(() => verifyGrant(g, { trustedIssuers: trusted, now: body.expiresAt }))).toBe(
+      'expired',
+    );
+  });
+
+  it('refuses a grant issued further in the future than the allowed clock skew', () => {
+    // Default skew is 5 s: issued 5 s ahead of the verifier's clock is tolerated, 5 s + 1 ms is not.
+    const g = signer.sign(body);
+    expect(verifyGrant(g, { trustedIssuers: trusted, now: now - 5_000 })).toEqual(g);
+    expect(reason(() => verifyGrant(g, { trustedIssuers: trusted, now: now - 5_001 }))).toBe(
+      'not_yet_valid',
+    );
+    // A verifier configured with a tighter skew applies it.
+    expect(verifyGrant(g, { trustedIssuers: trusted, now: now - 100, clockSkewMs: 100 })).toEqual(
+      g,
+    );
+    expect(
+      reason(() => verifyGrant(g, { trustedIssuers: trusted, now: now - 101, clockSkewMs: 100 })),
+    ).toBe('not_yet_valid');
+  });
+
   it('signs exactly like the nkeys reference implementation (ed25519 is deterministic)', async () => {
     const { fromSeed } = await import('@nats-io/nkeys');
     const kp = fromSeed(new TextEncoder().encode(seed));

@@ -12,7 +12,7 @@ import {
   UnavailableError,
   AbortedError,
 } from '@reins/protocol';
-import { pack } from 'msgpackr';
+import { pack, unpack } from 'msgpackr';
 import { Kvm } from '@nats-io/kv';
 import { testRuntime } from './helpers.js';
 
@@ -35,7 +35,8 @@ describe('typed messaging', () => {
               if (req.a < 0) throw new BudgetExceededError('negative budget');
               return { sum: req.a + req.b };
             },
-            { reply: Sum, queue: 'calc' },
+            // Below the server's max_payload, so an oversized request still reaches the handler.
+            { reply: Sum, queue: 'calc', maxPayloadBytes: 64 * 1024 },
           );
         },
       }),
@@ -62,11 +63,12 @@ describe('typed messaging', () => {
     await expect(
       rt.request('calc.add', z.unknown(), Sum, { a: 'x'.repeat(1_100_000) }),
     ).rejects.toBeInstanceOf(PayloadTooLargeError);
-    const big = await rt.nc
-      .request('calc.add', pack({ a: 'x'.repeat(1_100_000) }), { timeout: 5000 })
-      .catch((e: unknown) => e);
-    // the server itself may refuse a payload over its max_payload; either way no crash
-    expect(big).toBeDefined();
+    // sent raw (no client-side check): the handler refuses it with a coded error
+    const big = await rt.nc.request('calc.add', pack({ a: 'x'.repeat(100_000), b: 1 }), {
+      timeout: 5000,
+    });
+    expect(big.headers?.get('Reins-Error')).toBe('1');
+    expect(unpack(big.data)).toMatchObject({ error: { code: 'PAYLOAD_TOO_LARGE' } });
 
     // handler throws: generic error is hidden, coded error is rebuilt as its class
     const internal = await rt

@@ -1,6 +1,9 @@
 import { z } from 'zod';
 import { parse } from '@reins/protocol';
 
+/** Micro-dollars per dollar: spend is compared in whole micro-dollars. */
+const MICROS = 1_000_000;
+
 // Pure stop conditions: state in, state out. The caller keeps the state (per run, in KV next
 // to the run record) and writes it back with CAS. Every collection in the state is bounded,
 // so a run that lives for days keeps a small record.
@@ -234,9 +237,12 @@ export function recordSpend(
     if (last && last[0] === bucket) last[1] += spend.usd;
     else kept.push([bucket, spend.usd]);
     next.spend = kept;
-    const total = kept.reduce((a, [, u]) => a + u, 0);
-    const perMinute = (total * 60_000) / v.windowMs;
-    if (perMinute > v.usdPerMinute) {
+    // Counted in whole micro-dollars, as the ledger counts: ten $0.10 are $1.00, not
+    // $0.9999999999999999, and ten $0.07 and one $0.30 are not $1.0000000000000002.
+    const totalMicros = kept.reduce((a, [, u]) => a + Math.round(u * MICROS), 0);
+    const perMinuteMicros = Math.round((totalMicros * 60_000) / v.windowMs);
+    if (perMinuteMicros > Math.round(v.usdPerMinute * MICROS)) {
+      const perMinute = perMinuteMicros / MICROS;
       return result(next, {
         breaker: 'velocity',
         reason: `spending $${perMinute.toFixed(4)}/min over the last ${v.windowMs} ms (limit $${v.usdPerMinute}/min)`,

@@ -78,16 +78,21 @@ describe('breakers', () => {
     );
   });
 
-  it('velocity trips above the USD per minute threshold, not below', () => {
+  it('velocity trips above the USD per minute threshold, not at it', () => {
     const config = breakerConfig({ velocity: { usdPerMinute: 1, windowMs: 60_000 } });
-    let r: BreakerResult = { state: initBreakerState(T0) };
-    for (let i = 0; i < 10; i++) {
-      r = recordSpend(r.state, { usd: 0.1, now: T0 + i * 1000 }, config);
-      expect(r.trip).toBeUndefined(); // $1.00 within a minute is at, not above, the limit
+    // Spend reaching exactly $1.00 within a minute is at, not above, the limit — however it is
+    // split (in floats, ten $0.10 sum below $1 and ten $0.07 and one $0.30 above it).
+    for (const amounts of [Array<number>(10).fill(0.1), [...Array<number>(10).fill(0.07), 0.3]]) {
+      let r: BreakerResult = { state: initBreakerState(T0) };
+      for (const [i, usd] of amounts.entries()) {
+        r = recordSpend(r.state, { usd, now: T0 + i * 1000 }, config);
+        expect(r.trip, `${i}: ${usd}`).toBeUndefined();
+      }
+      // One micro-dollar more is above it.
+      expect(recordSpend(r.state, { usd: 0.000001, now: T0 + 11_000 }, config).trip).toMatchObject({
+        breaker: 'velocity',
+      });
     }
-    expect(recordSpend(r.state, { usd: 0.05, now: T0 + 11_000 }, config).trip?.breaker).toBe(
-      'velocity',
-    );
     // The same spend spread over more than the window does not trip.
     let slow: BreakerResult = { state: initBreakerState(T0) };
     for (let i = 0; i < 30; i++) {

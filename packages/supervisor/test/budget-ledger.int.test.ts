@@ -232,6 +232,29 @@ describe('BudgetLedger', () => {
     expect(micros(r.committed.usd)).toBe(micros(1 + 140 * 0.01));
   });
 
+  it('admits a reservation that fits only after a settle on another ledger (no stale cached refusal)', async () => {
+    const runId = uid('stale');
+    const scope = `run.${runId}`;
+    const scopes = budgetScopes({ runId, global: false });
+    const a = ledger(0);
+    const b = ledger(1);
+    await a.setCap(scope, { usd: 1 });
+    const first = uid('g');
+    expect(
+      await a.reserve({ grantId: first, scopes, amount: { usd: 0.9 }, leaseMs: 60_000 }),
+    ).toMatchObject({ ok: true });
+    // Another supervisor settles it far below the reservation: $0.90 of room is back.
+    expect(await b.settle(first, { usd: 0.1 })).toMatchObject({ settled: true, duplicate: false });
+    // Ledger A last saw $0.90 reserved, where $0.50 more would not fit; the scope now holds
+    // $0.10 committed, where it does.
+    expect(
+      await a.reserve({ grantId: uid('g'), scopes, amount: { usd: 0.5 }, leaseMs: 60_000 }),
+    ).toMatchObject({ ok: true });
+    const report = await b.get(scope);
+    expect(micros(report.committed.usd)).toBe(micros(0.1));
+    expect(micros(report.reserved.usd)).toBe(micros(0.5));
+  });
+
   it('treats a retried reserve as a no-op and a reused grant id as a conflict', async () => {
     const scope = `run.${uid('retry')}`;
     await ledger(0).setCap(scope, { usd: 1 });

@@ -157,7 +157,7 @@ const cases: Case[] = [
     'read.no-secrets',
   ],
   [
-    'homoglyph tool (Cyrillic а)',
+    'homoglyph tool (Cyrillic а; see the wildcard test for why the rule alone does not tell)',
     { tool: 'reаd_file', args: { path: '/workspace/a' } },
     'deny',
     'default.deny',
@@ -253,6 +253,21 @@ const cases: Case[] = [
     'deny',
     'http.evil',
   ],
+  // A deny rule fails closed on a hostile argument. Nothing else allows these tools, so were the
+  // deny rule to stop applying they would still be denied (by default): the rule is the test.
+  [
+    'deny rule, scheme other than http',
+    { tool: 'http_post', args: { url: 'file:///etc/passwd' } },
+    'deny',
+    'http.evil',
+  ],
+  ['deny rule, url missing', { tool: 'http_post', args: {} }, 'deny', 'http.evil'],
+  [
+    'deny rule, url not a string',
+    { tool: 'http_post', args: { url: ['https://evil.example.com/'] } },
+    'deny',
+    'http.evil',
+  ],
   [
     'deny condition not met, nothing allows',
     { tool: 'http_post', args: { url: 'https://api.example.com/' } },
@@ -310,11 +325,31 @@ describe('evaluatePolicy', () => {
       version: 1,
       rules: [{ id: 'x', match: { tool: 'ping' }, effect: 'allow' }],
     } as PolicyDocument;
-    expect(evaluatePolicy(plain, { ...base, tool: 'ping', args: {} }).effect).toBe('allow');
+    expect(evaluatePolicy(plain, { ...base, tool: 'ping', args: {} })).toMatchObject({
+      effect: 'allow',
+      rule: 'x',
+    });
     const bad = {
       rules: [{ id: 'x', match: { tool: 'pіng' }, effect: 'allow' }],
     } as unknown as PolicyDocument;
-    expect(evaluatePolicy(bad, { ...base, tool: 'ping', args: {} }).effect).toBe('deny');
+    const refused = evaluatePolicy(bad, { ...base, tool: 'ping', args: {} });
+    expect(refused).toMatchObject({ effect: 'deny', rule: 'default.deny' });
+    expect(refused.reason).toMatch(/^invalid policy: .*rules\.0\.match\.tool/);
+  });
+
+  it('denies a homoglyph tool name even where a wildcard would allow it', () => {
+    const anything = compilePolicy({
+      rules: [{ id: 'any', match: { tool: '*' }, effect: 'allow' }],
+    });
+    expect(evaluatePolicy(anything, { ...base, tool: 'read_file', args: {} })).toMatchObject({
+      effect: 'allow',
+      rule: 'any',
+    });
+    for (const tool of ['reаd_file', 'read_fіle', 'read file', 'read_file\u0000']) {
+      const d = evaluatePolicy(anything, { ...base, tool, args: {} });
+      expect(d, tool).toMatchObject({ effect: 'deny', rule: 'default.deny' });
+      expect(d.reason, tool).toContain('tool names are ASCII');
+    }
   });
 
   it('denies tools outside knownTools and when a predicate throws', () => {
@@ -437,9 +472,9 @@ describe('narrowPolicy', () => {
       evaluatePolicy(narrowed, input('read_file', { path: '/workspace/src/a' })),
     ).toMatchObject({ effect: 'deny', rule: 'run.read-docs' });
     // Tools the overlay does not mention are left to the base.
-    expect(evaluatePolicy(narrowed, input('write_file', { path: '/workspace/out/x' })).effect).toBe(
-      'approve',
-    );
+    expect(
+      evaluatePolicy(narrowed, input('write_file', { path: '/workspace/out/x' })),
+    ).toMatchObject({ effect: 'approve', rule: 'write.approve' });
   });
 
   it('cannot allow what the base denies', () => {
@@ -459,12 +494,12 @@ describe('narrowPolicy', () => {
       effect: 'deny',
       rule: 'default.deny',
     });
-    expect(evaluatePolicy(widened, input('write_file', { path: '/workspace/out/x' })).effect).toBe(
-      'approve',
-    );
-    expect(evaluatePolicy(widened, input('reаd_file', { path: '/workspace/a' })).effect).toBe(
-      'deny',
-    );
+    expect(
+      evaluatePolicy(widened, input('write_file', { path: '/workspace/out/x' })),
+    ).toMatchObject({ effect: 'approve', rule: 'write.approve' });
+    const homoglyph = evaluatePolicy(widened, input('reаd_file', { path: '/workspace/a' }));
+    expect(homoglyph).toMatchObject({ effect: 'deny', rule: 'default.deny' });
+    expect(homoglyph.reason).toContain('tool names are ASCII');
   });
 
   it('an allow-list overlay (default deny) denies what it does not list', () => {
@@ -472,7 +507,10 @@ describe('narrowPolicy', () => {
       default: 'deny',
       rules: [{ id: 'run.read', match: { tool: 'read_file' }, effect: 'allow' }],
     });
-    expect(evaluatePolicy(only, input('read_file', { path: '/workspace/a' })).effect).toBe('allow');
+    expect(evaluatePolicy(only, input('read_file', { path: '/workspace/a' }))).toMatchObject({
+      effect: 'allow',
+      rule: 'read.allow',
+    });
     expect(evaluatePolicy(only, input('pay', { amount: 1, currency: 'EUR' }))).toMatchObject({
       effect: 'deny',
       rule: 'default.deny',

@@ -26,6 +26,7 @@ import {
   HaltedError,
   NotFoundError,
   PolicyDeniedError,
+  ProtocolError,
   RunRecord,
   RunListReply,
   RunListRequest,
@@ -293,15 +294,35 @@ describe('supervisor actor', () => {
     const res = await act(run.runId, 'read_file', { path: 'a.txt' });
     expect(res).toMatchObject({ ok: true, output: { path: 'a.txt' } });
     expect(await act(run.runId, 'pay', { amount: 5 })).toMatchObject({ ok: true });
-    const cases: [string, Record<string, unknown>, string][] = [
-      ['delete_everything', {}, 'no.delete'],
-      ['launch_missiles', {}, 'default.deny'],
-      ['reаd_file', { path: 'a' }, 'default.deny'], // Cyrillic а
+    const cases: [string, string][] = [
+      ['delete_everything', 'no.delete'],
+      ['launch_missiles', 'default.deny'],
     ];
-    for (const [tool, args, rule] of cases) {
-      const err = await act(run.runId, tool, args).catch((e: unknown) => e);
-      expect(err, tool).toBeInstanceOf(tool === 'reаd_file' ? Error : PolicyDeniedError);
-      if (err instanceof PolicyDeniedError) expect(err.details?.['rule']).toBe(rule);
+    for (const [tool, rule] of cases) {
+      const err = await act(run.runId, tool, {}).catch((e: unknown) => e);
+      expect(err, tool).toBeInstanceOf(PolicyDeniedError);
+      expect((err as PolicyDeniedError).details, tool).toMatchObject({ rule, effect: 'deny' });
+    }
+    // Homoglyphs of an allowed tool (Cyrillic а; Cyrillic і, which `read_*` would match), sent
+    // past the client's own schema check as a hostile planner would: refused as malformed
+    // before any rule is consulted, never forwarded.
+    for (const [i, tool] of ['reаd_file', 'read_fіle'].entries()) {
+      const err = await client
+        .request(client.subjects.act, z.unknown(), ToolResult, {
+          runId: run.runId,
+          agentId: 'p1',
+          role: 'planner',
+          stepId: 's1',
+          tool,
+          args: { path: 'a' },
+          idempotencyKey: `${run.runId}:homoglyph:${i}`,
+        })
+        .catch((e: unknown) => e);
+      expect(err, tool).toBeInstanceOf(ProtocolError);
+      expect(err, tool).toMatchObject({
+        code: 'BAD_REQUEST',
+        details: { issues: [{ path: ['tool'] }] },
+      });
     }
     // approval-required: not denied, not run — pending a human
     await expect(act(run.runId, 'pay', { amount: 500 })).rejects.toBeInstanceOf(
