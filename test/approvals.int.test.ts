@@ -19,19 +19,26 @@ const APPROVAL_POLICY = {
 };
 
 /**
- * The model: on a goal "write note N" it asks to write note-N.md; once the tool's result is
- * in, it answers with what the tool said. One request per step, so the server's count is the
- * number of model calls made.
+ * The model: on a goal "write note N" it first lists the sandbox (step 1, allowed), then asks to
+ * write note-N.md (step 2, needs a human), then answers with what the write said (step 3). The
+ * approval comes at a later step on purpose: a planner that ran step 1 remembers the run's state,
+ * and must not trust that copy once another planner has worked on step 2. One request per step,
+ * so the server's count is the number of model calls made.
  */
 function noteWriter(req: RecordedRequest) {
   const messages = (req.body as { messages: { role: string; content?: string }[] }).messages;
   const goal = messages.find((m) => m.role === 'user')?.content ?? '';
   const n = /write note (\d+)/.exec(goal)?.[1] ?? '0';
-  const last = messages.at(-1);
-  if (last?.role === 'tool') return { content: `done with note ${n}: ${last.content ?? ''}` };
-  return {
-    toolCalls: [{ name: 'write_file', arguments: { path: `note-${n}.md`, content: `note ${n}` } }],
-  };
+  const tools = messages.filter((m) => m.role === 'tool');
+  if (tools.length === 0) return { toolCalls: [{ name: 'list_files', arguments: { path: '.' } }] };
+  if (tools.length === 1) {
+    return {
+      toolCalls: [
+        { name: 'write_file', arguments: { path: `note-${n}.md`, content: `note ${n}` } },
+      ],
+    };
+  }
+  return { content: `done with note ${n}: ${tools.at(-1)?.content ?? ''}` };
 }
 
 async function swarm(fake: FakeOpenAI, planners: number, supervisorEnv: Record<string, string>) {
@@ -87,10 +94,14 @@ describe('approvals with several planners', () => {
     const sub = await onApprovalRequests(e, (a) => {
       const n = Number(/note-(\d+)\.md/.exec(JSON.stringify(a.args))?.[1]);
       decided.push(a.approvalId);
-      const decision = denied.has(n)
-        ? e.client.approvals.deny(a.approvalId, `note ${n} is not wanted`)
-        : e.client.approvals.approve(a.approvalId, { reason: 'fine' });
-      void decision.catch(() => undefined);
+      // A human takes a few seconds (the scenario, not a wait for an event): long enough for a
+      // planner that retried instead of suspending to come back to the step several times.
+      setTimeout(() => {
+        const decision = denied.has(n)
+          ? e.client.approvals.deny(a.approvalId, `note ${n} is not wanted`)
+          : e.client.approvals.approve(a.approvalId, { reason: 'fine' });
+        void decision.catch(() => undefined);
+      }, 4000);
     });
     const runs = await Promise.all(
       Array.from({ length: 8 }, (_, i) =>
@@ -104,7 +115,7 @@ describe('approvals with several planners', () => {
     for (const [i, rec] of records.entries()) {
       const n = i + 1;
       expect(rec.status, `run ${n}: ${JSON.stringify(rec.error)}`).toBe('completed');
-      expect(rec.used.steps).toBe(2);
+      expect(rec.used.steps).toBe(3);
       if (denied.has(n)) {
         expect(rec.answer).toContain('APPROVAL_DENIED');
         await expect(readFile(join(e.sandbox, `note-${n}.md`), 'utf8')).rejects.toThrow();
@@ -112,9 +123,9 @@ describe('approvals with several planners', () => {
         expect(await readFile(join(e.sandbox, `note-${n}.md`), 'utf8')).toBe(`note ${n}`);
       }
     }
-    // Exactly one model call per committed step: 8 runs × 2 steps, nothing made twice.
+    // Exactly one model call per committed step: 8 runs × 3 steps, nothing made twice.
     const calls = fake.requests.filter((r) => r.path.endsWith('/chat/completions'));
-    expect(calls.length).toBe(16);
+    expect(calls.length).toBe(24);
   }, 120_000);
 
   it('a pending approval keeps its run waiting past any retry budget; its expiry ends the wait as a denial', async () => {
@@ -141,13 +152,13 @@ describe('approvals with several planners', () => {
     );
     expect(['waiting_approval', 'completed', 'running']).toContain((await run.get()).status);
     await expired;
-    // No model call was made while it waited: one before, one after the expiry.
+    // No model call was made while it waited: two before (list, write), one after the expiry.
     const rec = await e.result(run, 30_000);
     expect(rec.status).toBe('completed');
     expect(rec.answer).toContain('APPROVAL_TIMEOUT');
     const [approval] = await e.client.approvals.list({ runId: run.id });
     expect(approval?.status).toBe('expired');
-    expect(fake.requests.length).toBe(2);
+    expect(fake.requests.length).toBe(3);
     // Waiting was visible while it lasted.
     expect(trace.events.map((ev) => ev.event)).toContain('approval.request');
   }, 120_000);
@@ -168,6 +179,6 @@ describe('approvals with several planners', () => {
     await e.client.approvals.approve(approval!.approvalId);
     const rec = await e.result(run, 30_000);
     expect(rec.status).toBe('completed');
-    expect(fake.requests.length).toBe(2);
+    expect(fake.requests.length).toBe(3);
   }, 120_000);
 });

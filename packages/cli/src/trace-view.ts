@@ -173,6 +173,52 @@ export class TraceView {
         text = `${s.blue('delegate')} → ${str(d['role'])} ${s.dim(`child run ${child}`)}`;
         break;
       }
+      case 'step.retry': {
+        depth = base + 1;
+        const of = typeof d['maxAttempts'] === 'number' ? `/${num(d['maxAttempts'])}` : '';
+        const next = (num(d['nextTryMs']) / 1000).toFixed(num(d['nextTryMs']) < 1000 ? 1 : 0);
+        text = `${s.yellow(`↻ retry ${num(d['attempt'])}${of}`)} ${s.dim(`in ${next}s`)} ${s.yellow(
+          str(d['code']),
+        )} ${truncate(str(d['reason']), 120)}`;
+        break;
+      }
+      case 'tool.waiting': {
+        depth = base + 3;
+        const id = str(d['approvalId']);
+        text = `${s.yellow('⏸ waiting for approval')} ${id} ${s.dim(
+          `— reins approve ${id}  |  reins deny ${id} --reason "…"`,
+        )}`;
+        break;
+      }
+      case 'approval.request':
+        text = `${s.yellow('approval requested')} ${str(d['approvalId'])} ${s.dim(
+          `${str(d['tool'])} (rule ${str(d['rule'])})`,
+        )}`;
+        break;
+      case 'approval.decision': {
+        const st = str(d['status']);
+        const mark = st === 'approved' ? s.green('✓') : s.red('✗');
+        text = `${mark} approval ${str(d['approvalId'])} ${st}${
+          typeof d['by'] === 'string' ? ` by ${d['by']}` : ''
+        }${typeof d['reason'] === 'string' ? s.dim(`: ${truncate(d['reason'], 80)}`) : ''}`;
+        break;
+      }
+      case 'run.halt':
+      case 'run.pause':
+      case 'run.resume': {
+        depth = base;
+        const scope = isRecord(d['scope']) ? d['scope'] : {};
+        const what =
+          str(scope['kind']) === 'run'
+            ? 'run'
+            : `${str(scope['kind'])} ${str(scope['role'] ?? scope['agentId'] ?? '')}`.trim();
+        const verb = e.event.slice(4);
+        const colour = verb === 'resume' ? s.green : s.yellow;
+        text = `${colour(`${verb === 'halt' ? '■ halted' : verb === 'pause' ? '⏸ paused' : '▶ resumed'}`)} ${s.dim(
+          `(${what})`,
+        )} ${truncate(str(d['reason']), 80)}${typeof d['by'] === 'string' ? s.dim(` by ${d['by']}`) : ''}`;
+        break;
+      }
       default:
         text = `${s.bold(e.event)} ${who} ${s.dim(truncate(JSON.stringify(d), 100))}`;
     }

@@ -280,7 +280,11 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
           ? caught
           : mapTransportError(caught, 'planner step');
       if (err instanceof LeaseHeld) {
-        reply = () => m.nak(Math.min(err.retryInMs, 60_000));
+        // The holder usually lets go soon (its step ended, or suspended on an approval and a
+        // decision re-enqueued the run meanwhile): look again after a growing pause, at the
+        // latest when the lease runs out (a crashed holder).
+        const pause = 500 * 2 ** Math.min(6, m.info.deliveryCount - 1);
+        reply = () => m.nak(Math.min(err.retryInMs, pause, 60_000));
       } else if (err instanceof Suspend) {
         // The run itself is halted or paused, or waits for an approval: resume (or the
         // decision) re-enqueues it, so this task is done.
@@ -299,13 +303,12 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         else reply = () => m.nak(5000);
       } else if (err instanceof ReinsError && err.details?.['reason'] === 'supervisor_lost') {
         // Dead-man switch: no supervisor, no step (fail closed) — and no give-up either.
+        retrying(a, task, err, m.info.deliveryCount, 5000, 'no supervisor is heard');
         reply = () => m.nak(5000);
       } else if (err instanceof ReinsError && err.retryable && m.info.deliveryCount < maxAttempts) {
-        a.logger.warn(
-          { err, runId: task.runId, attempt: m.info.deliveryCount },
-          'step failed; will retry',
-        );
-        reply = () => m.nak(Math.min(30_000, 1000 * 2 ** Math.min(5, m.info.deliveryCount - 1)));
+        const delay = Math.min(30_000, 1000 * 2 ** Math.min(5, m.info.deliveryCount - 1));
+        retrying(a, task, err, m.info.deliveryCount, delay);
+        reply = () => m.nak(delay);
       } else {
         a.logger.error({ err, runId: task.runId }, 'step failed; ending the run');
         await endRun(a, task.runId, 'failed', {
@@ -323,6 +326,28 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
     await runtime.whenConnected();
     if (!stepDone) await releaseLease(task.runId, a.agentId);
     reply();
+  }
+
+  /**
+   * A step failed in a way worth another try: say why in the run's trace (what failed, which
+   * attempt of how many, when the next one comes), not only in this planner's log.
+   */
+  function retrying(
+    a: Actor,
+    task: Task,
+    err: ReinsError,
+    attempt: number,
+    nextTryMs: number,
+    reason = err.message,
+  ): void {
+    a.logger.warn({ err, runId: task.runId, attempt }, 'step failed; will retry');
+    a.trace(task.runId, 'step.retry', {
+      code: err.code,
+      reason: reason.slice(0, 500),
+      attempt,
+      ...(err.details?.['reason'] === 'supervisor_lost' ? {} : { maxAttempts }),
+      nextTryMs,
+    });
   }
 
   /** Lets another planner take the run at once (after a halt, pause or failure of this step). */

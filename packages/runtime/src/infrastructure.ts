@@ -127,3 +127,19 @@ export function isCasConflict(err: unknown): boolean {
   if (code === 10071 || code === 10164) return true;
   return err instanceof Error && /wrong last sequence/i.test(err.message);
 }
+
+/**
+ * The keys of a bucket, from one stream-info snapshot (no consumer). Not `kv.keys()`: its
+ * consumer only ends on a message with nothing pending or on an idle heartbeat, so while many
+ * agents write presence a listing could run on for as long as the writes keep coming; and on a
+ * cluster an ephemeral consumer may land on a lost node. Deleted keys may be listed (their
+ * delete marker is a message): read each and skip those.
+ */
+export async function bucketKeys(nc: NatsConnection, bucket: string): Promise<string[]> {
+  const prefix = `$KV.${bucket}.`;
+  const jsm = await jetstreamManager(nc, { checkAPI: false });
+  const info = await jsm.streams.info(`KV_${bucket}`, { subjects_filter: `${prefix}>` });
+  return Object.keys(info.state.subjects ?? {})
+    .filter((s) => s.startsWith(prefix))
+    .map((s) => s.slice(prefix.length));
+}

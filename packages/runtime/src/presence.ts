@@ -1,4 +1,5 @@
-import { Heartbeat, decode } from '@reins/protocol';
+import { Buckets, Heartbeat, decode } from '@reins/protocol';
+import { bucketKeys } from './infrastructure.js';
 import type { Runtime } from './runtime.js';
 import { retryTransport } from './transport-retry.js';
 
@@ -31,10 +32,8 @@ export async function listAgents(
     'agent presence listing',
     async () => {
       const kv = await runtime.agentsBucket();
-      // A key listing can yield a key twice when it is written while being listed: dedupe.
-      const keys = new Set<string>();
-      for await (const k of await kv.keys()) keys.add(k);
-      return Promise.all([...keys].map((k) => kv.get(k)));
+      const keys = await bucketKeys(runtime.nc, Buckets.agents);
+      return Promise.all(keys.map((k) => kv.get(k)));
     },
     { timeoutMs: options.timeoutMs ?? 10_000 },
   );

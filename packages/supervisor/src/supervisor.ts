@@ -415,11 +415,25 @@ export async function startSupervisor(
   };
 
   /**
-   * The approval gate of a tool call whose policy says `approve`. The first request creates a
-   * pending approval (stored, published on `approvals.<runId>`, audited) and answers
-   * `APPROVAL_PENDING` (retryable): the planner retries the same call (same idempotency key).
-   * Returns who approved; throws for pending, denied, expired, or an approval for other arguments.
+   * Puts a control message in the trace of each run it concerns (the run of a run scope, or the
+   * runs the named agents work on), so `reins trace` shows why a run stopped or went on.
    */
+  const traceControl = (
+    type: 'halt' | 'resume' | 'pause',
+    req: z.output<typeof HaltRequest>,
+    owners: { runs: string[] }[],
+  ) => {
+    const runIds =
+      req.scope.kind === 'run' ? [req.scope.runId] : [...new Set(owners.flatMap((o) => o.runs))];
+    for (const runId of runIds.slice(0, 1000)) {
+      actor.trace(runId, `run.${type}`, {
+        scope: req.scope,
+        reason: req.reason,
+        ...(req.requestedBy ? { by: req.requestedBy } : {}),
+      });
+    }
+  };
+
   /** A run suspended on an approval runs again (no-op for any other status). */
   const markRunning = (runId: string) =>
     runs.update(runId, (r) =>
@@ -460,6 +474,13 @@ export async function startSupervisor(
     return rec;
   };
 
+  /**
+   * The approval gate of a tool call whose policy says `approve`. The first request creates a
+   * pending approval (stored, published on `approvals.<runId>`, audited), and while it is
+   * pending the run is `waiting_approval` and the call answered `APPROVAL_PENDING`: the planner
+   * suspends the step and the decision re-enqueues it (same idempotency key). Returns who
+   * approved; throws for pending, denied, expired, or an approval for other arguments.
+   */
   const checkApproval = async (
     a: Actor,
     req: z.output<typeof ActRequest>,
@@ -1140,6 +1161,7 @@ export async function startSupervisor(
               });
             }
             const { owners: expected, ackers } = await controlTargets(req.scope);
+            traceControl('halt', req, expected);
             const acks = (
               await broadcastControl(
                 runtime,
@@ -1217,6 +1239,7 @@ export async function startSupervisor(
             const pausedAgent = owners.some(
               (ag) => ag.status === 'paused' || ag.status === 'halted',
             );
+            traceControl('resume', req, owners);
             const reply = await relay('resume', req, ackers);
             if (run && stoppedRun) {
               const resumed = await runs.setStatus(run.runId, 'running');
@@ -1237,7 +1260,9 @@ export async function startSupervisor(
               details: { scope: req.scope, reason: req.reason, requestedBy: req.requestedBy },
             });
             if (req.scope.kind === 'run') await runs.setStatus(req.scope.runId, 'paused');
-            return relay('pause', req, (await controlTargets(req.scope)).ackers);
+            const { owners, ackers } = await controlTargets(req.scope);
+            traceControl('pause', req, owners);
+            return relay('pause', req, ackers);
           },
           { queue: SUPERVISOR_QUEUE, reply: HaltReply, runOf: () => undefined },
         );
