@@ -12,7 +12,9 @@ import {
 function countOn(client: ReinsClient, subject: string) {
   const seen: { subject: string; data: Uint8Array }[] = [];
   const sub = client.runtime.nc.subscribe(subject, {
-    callback: (_e, m) => seen.push({ subject: m.subject, data: m.data }),
+    callback: (_e, m) => {
+      seen.push({ subject: m.subject, data: m.data });
+    },
   });
   return { seen, stop: () => sub.unsubscribe() };
 }

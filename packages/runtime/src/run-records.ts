@@ -11,9 +11,13 @@ import {
 } from '@reins/protocol';
 import { openBucket } from './infrastructure.js';
 import type { Runtime } from './runtime.js';
+import { retryTransport } from './transport-retry.js';
 
 // KV `reins_runs` keeps each run record at `run.<runId>` (written by the supervisor's run store).
 const KEY_PREFIX = 'run.';
+
+/** How long opening the watch, or the first read of a waited record, is retried. */
+const OPEN_TIMEOUT_MS = 30_000;
 
 /** How long the shared watch stays open after its last waiter is gone (a next wait reuses it). */
 const IDLE_CLOSE_MS = 30_000;
@@ -94,7 +98,10 @@ export class RunRecords {
     try {
       return decode(RunRecord, e.value, { name: 'run record' });
     } catch (cause) {
-      throw new UnavailableError(`run record ${runId} does not decode`, { cause });
+      throw new UnavailableError(`run record ${runId} does not decode`, {
+        cause,
+        retryable: false,
+      });
     }
   }
 
@@ -179,7 +186,9 @@ export class RunRecords {
   /** Reads the record of a waited-for key and wakes its waiters if the run has ended. */
   async #check(key: string, runId: string): Promise<void> {
     if (!this.#waiters.has(key)) return;
-    const record = await this.get(runId);
+    const record = await retryTransport('run record read', () => this.get(runId), {
+      timeoutMs: OPEN_TIMEOUT_MS,
+    });
     if (record && isRunEnded(record.status)) this.#wake(key, record);
   }
 
@@ -203,8 +212,16 @@ export class RunRecords {
   async #openWatch(): Promise<void> {
     let iter;
     try {
-      const kv = await this.#bucket();
-      iter = await kv.watch({ key: `${KEY_PREFIX}*`, include: KvWatchInclude.UpdatesOnly });
+      // A consumer create may time out while a cluster has lost a node (see `retryTransport`).
+      iter = await retryTransport(
+        'run record watch',
+        async () =>
+          (await this.#bucket()).watch({
+            key: `${KEY_PREFIX}*`,
+            include: KvWatchInclude.UpdatesOnly,
+          }),
+        { timeoutMs: OPEN_TIMEOUT_MS },
+      );
     } catch (cause) {
       this.#watch = undefined;
       throw new UnavailableError('cannot watch run records (KV reins_runs)', { cause });
