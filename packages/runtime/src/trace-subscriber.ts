@@ -306,6 +306,8 @@ async function subscribeRunTree(
     const sub = await subscribeSubject(runtime, runtime.subjects.trace({ runId }), {
       from: start,
       callback: deliver,
+      // Gives up opening on abort (each run's subscription also stops with it).
+      ...(signal ? { signal } : {}),
       ...(options.openTimeoutMs !== undefined ? { openTimeoutMs: options.openTimeoutMs } : {}),
     });
     if (stopped) await sub.stop();
