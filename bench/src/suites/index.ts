@@ -6,6 +6,7 @@ import { haltAll } from './halt-all.js';
 import { idleAgents } from './idle-agents.js';
 import { haltLatency } from './halt-latency.js';
 import { requestReply } from './request-reply.js';
+import { runResult } from './run-result.js';
 import { stepsPerRun } from './steps-per-run.js';
 import { throughput } from './throughput.js';
 
@@ -15,6 +16,7 @@ export const suites: readonly Suite[] = [
   authorizeSettle,
   governedStepSuite,
   stepsPerRun,
+  runResult,
   throughput,
   haltLatency,
   haltAll,

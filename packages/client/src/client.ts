@@ -11,15 +11,14 @@ import {
   RunListRequest,
   RunRecord,
   RunStartRequest,
-  TimeoutError,
   NotFoundError,
   ReinsError,
-  AbortedError,
   type Scope,
   type TraceEvent,
   type TraceSubjectParts,
 } from '@reins/protocol';
 import {
+  RunRecords,
   Runtime,
   listAgents,
   subscribeTraces,
@@ -42,9 +41,18 @@ export type StartOptions = Omit<z.input<typeof RunStartRequest>, 'goal'>;
 /** A started run: its id and what you can do with it. */
 export interface RunHandle {
   readonly id: string;
-  /** Waits until the run ends and returns its record (answer or stop reason). */
+  /**
+   * Waits until the run ends (completed, stopped or failed) and returns its record (answer or
+   * stop reason). Woken by a watch of the run records shared by the client, not by polling;
+   * works with no supervisor running (then `used` is the stored one, not the ledger's).
+   * Throws `TimeoutError` after `timeoutMs` (default 1 h), `AbortedError` on `signal`.
+   */
   result(options?: { timeoutMs?: number; signal?: AbortSignal }): Promise<RunRecord>;
-  /** The run's trace events, stored ones first; iterate or pass a callback. */
+  /**
+   * The run's trace events, stored ones first; iterate or pass a callback. Includes the runs
+   * it delegated to (and theirs), each child's events after the `delegate.start` that made it;
+   * `descendants: false` for this run's own events only. Tell runs apart by `event.runId`.
+   */
   events(options?: SubscribeTracesOptions): Promise<TraceSubscription>;
   /** Halts the run everywhere (its actors abort in-flight work). */
   halt(reason: string, options?: { deadlineMs?: number }): Promise<HaltReply>;
@@ -52,22 +60,28 @@ export interface RunHandle {
   resume(reason?: string): Promise<HaltReply>;
   /** Caps, spend and open reservations. */
   budget(): Promise<BudgetReport>;
-  /** The current run record. */
+  /** The current run record (from KV when no supervisor answers; see `runs.get`). */
   get(): Promise<RunRecord>;
 }
-
-const TERMINAL = new Set(['completed', 'stopped', 'failed']);
 
 /** A connection to a Reins deployment, for starting, watching and stopping runs. */
 export interface ReinsClient extends AsyncDisposable {
   readonly runtime: Runtime;
   readonly runs: {
     start(goal: string, options?: StartOptions): Promise<RunHandle>;
+    /**
+     * The run record from a supervisor (with the ledger's spend in `used`); when none answers,
+     * the record as stored in KV. Throws `NotFoundError` for an unknown run.
+     */
     get(runId: string): Promise<RunRecord>;
     list(filter?: z.input<typeof RunListRequest>): Promise<RunRecord[]>;
     handle(runId: string): RunHandle;
   };
   readonly traces: {
+    /**
+     * Trace events matching a pattern, stored ones first. A pattern naming one run includes
+     * the runs it delegated to unless `descendants: false` (see `RunHandle.events`).
+     */
     subscribe(
       pattern: TraceSubjectParts | string,
       options?: SubscribeTracesOptions,
@@ -101,8 +115,9 @@ export interface ReinsClient extends AsyncDisposable {
 
 /**
  * Connects to NATS and returns a client. Every call goes to the supervisor (queue group), so
- * it works with any number of supervisor instances. Throws `UnavailableError` when NATS cannot
- * be reached; calls with no supervisor answering fail with `UnavailableError` too.
+ * it works with any number of supervisor instances — except reading run records (`runs.get`,
+ * `result()`), which falls back to KV when no supervisor answers. Throws `UnavailableError` when
+ * NATS cannot be reached; other calls with no supervisor answering fail with `UnavailableError`.
  */
 export async function connect(options: ClientOptions = {}): Promise<ReinsClient> {
   const { identity = 'client', ...rest } = options;
@@ -113,7 +128,21 @@ export async function connect(options: ClientOptions = {}): Promise<ReinsClient>
   });
   const s = runtime.subjects;
 
-  const get = (runId: string) => runtime.request(s.runsGet, RunGetRequest, RunRecord, { runId });
+  const records = RunRecords.of(runtime);
+  const get = async (runId: string): Promise<RunRecord> => {
+    try {
+      return await runtime.request(s.runsGet, RunGetRequest, RunRecord, { runId });
+    } catch (err) {
+      // No supervisor answers: the record is in KV all the same (without the ledger's spend).
+      if (!(err instanceof ReinsError) || (err.code !== 'UNAVAILABLE' && err.code !== 'TIMEOUT'))
+        throw err;
+      const stored = await records.get(runId).catch(() => {
+        throw err;
+      });
+      if (!stored) throw new NotFoundError(`unknown run ${runId}`, { details: { runId } });
+      return stored;
+    }
+  };
   const control = (subject: string, scope: Scope, reason: string, deadlineMs?: number) =>
     runtime.request(
       subject,
@@ -158,43 +187,15 @@ export async function connect(options: ClientOptions = {}): Promise<ReinsClient>
     resume: (reason = 'resume') => control(s.ctlResume, { kind: 'run', runId: id }, reason),
     events: (o) => subscribeTraces(runtime, { runId: id }, o),
     async result(o = {}) {
-      const deadline = Date.now() + (o.timeoutMs ?? 3_600_000);
-      // The supervisor emits `run.end`: it wakes the wait early. The record is what counts, so
-      // it is polled from the start, and a subscription that cannot be opened yet (JetStream
-      // electing leaders after losing a node) only makes the wait poll longer.
-      let ended = false;
-      const stopWaking = new AbortController();
-      const waking = subscribeTraces(
-        runtime,
-        { runId: id, role: 'supervisor', event: 'run.end' },
-        {
-          callback: () => (ended = true),
-          signal: stopWaking.signal,
-          openTimeoutMs: Math.max(0, deadline - Date.now()),
-        },
-      ).catch(() => undefined);
-      try {
-        for (;;) {
-          if (o.signal?.aborted)
-            throw new AbortedError('stopped waiting for the run', { cause: o.signal.reason });
-          // A supervisor restart is not the end of the run: keep asking until the deadline.
-          const rec = await get(id).catch((err: unknown) => {
-            if (err instanceof ReinsError && err.retryable && Date.now() < deadline)
-              return undefined;
-            throw err;
-          });
-          if (rec && TERMINAL.has(rec.status)) return rec;
-          if (Date.now() > deadline)
-            throw new TimeoutError(`run ${id} did not end in time`, {
-              details: { runId: id, status: rec?.status ?? 'unknown' },
-            });
-          for (let i = 0; i < 20 && !ended && !o.signal?.aborted; i++)
-            await new Promise((r) => setTimeout(r, 25));
-        }
-      } finally {
-        stopWaking.abort();
-        await (await waking)?.stop();
-      }
+      // Pushed, not polled: the shared watch of run records wakes this wait when the run ends.
+      const ended = await records.waitForEnd(id, {
+        timeoutMs: o.timeoutMs ?? 3_600_000,
+        ...(o.signal ? { signal: o.signal } : {}),
+      });
+      // Spend lives in the ledger: the supervisor fills it in. Without one, the stored record.
+      return runtime
+        .request(s.runsGet, RunGetRequest, RunRecord, { runId: id }, { timeoutMs: 2_000 })
+        .catch(() => ended);
     },
   });
 

@@ -46,6 +46,7 @@ import {
 } from '@reins/models';
 import {
   BoundedMap,
+  RunRecords,
   defineActor,
   mapTransportError,
   openBucket,
@@ -850,33 +851,32 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
       { childRunId: child.runId, role: childRole },
       { spanId, parentId: spanId.split('-')[0] ?? spanId },
     );
-    const deadline = Date.now() + (options.childTimeoutMs ?? 600_000);
-    // Wait for the child's end; polling keeps this simple and robust across supervisor restarts.
-    for (;;) {
-      if (ctx.signal.aborted)
-        throw new AbortedError('delegation aborted', { cause: ctx.signal.reason });
-      const rec = await runtime.request(
-        subjects.runsGet,
-        RunGetRequest,
-        RunRecord,
-        { runId: child.runId },
-        { signal: ctx.signal },
-      );
-      if (rec.status === 'completed') return { childRunId: rec.runId, answer: rec.answer ?? '' };
-      if (rec.status === 'stopped' || rec.status === 'failed') {
-        return {
-          childRunId: rec.runId,
-          status: rec.status,
-          stopReason: rec.stopReason,
-          error: rec.error?.message,
-        };
-      }
-      if (Date.now() > deadline)
-        throw new UnavailableError(`child run ${rec.runId} did not finish in time`, {
+    // Woken by the child's end through the process's shared watch of run records (no polling,
+    // no supervisor round trips); the child timeout and the step's abort still apply.
+    const childTimeoutMs = options.childTimeoutMs ?? 600_000;
+    let rec: RunRecord;
+    try {
+      rec = await RunRecords.of(runtime).waitForEnd(child.runId, {
+        timeoutMs: childTimeoutMs,
+        signal: ctx.signal,
+      });
+    } catch (err) {
+      if (err instanceof ReinsError && err.code === 'TIMEOUT')
+        throw new UnavailableError(`child run ${child.runId} did not finish in time`, {
           retryable: false,
+          cause: err,
         });
-      await new Promise((r) => setTimeout(r, 200));
+      if (err instanceof ReinsError && err.code === 'ABORTED')
+        throw new AbortedError('delegation aborted', { cause: ctx.signal.reason });
+      throw err;
     }
+    if (rec.status === 'completed') return { childRunId: rec.runId, answer: rec.answer ?? '' };
+    return {
+      childRunId: rec.runId,
+      status: rec.status,
+      stopReason: rec.stopReason,
+      error: rec.error?.message,
+    };
   }
 
   return actor;

@@ -6,6 +6,8 @@ export { createLogger } from './logger.js';
 export type { Logger } from './logger.js';
 export { subscribeTraces } from './trace-subscriber.js';
 export type { TraceStart, SubscribeTracesOptions, TraceSubscription } from './trace-subscriber.js';
+export { RunRecords, isRunEnded } from './run-records.js';
+export type { WaitForEndOptions } from './run-records.js';
 export { listAgents, purgeLostAgents } from './presence.js';
 export type { AgentPresence } from './presence.js';
 export { handleSignals } from './shutdown.js';

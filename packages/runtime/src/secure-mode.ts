@@ -297,6 +297,7 @@ export function securePermissions(
         `${api}.INFO`,
         ...streamRead(Streams.trace),
         ...kvRead(Buckets.agents),
+        ...kvRead(Buckets.runs),
       ],
       deny: [
         `${p}.ctl.bcast.>`,

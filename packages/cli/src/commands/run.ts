@@ -80,8 +80,7 @@ async function follow(
       ...(options.maxSteps !== undefined ? { steps: options.maxSteps } : {}),
     },
   });
-  const subs: TraceSubscription[] = [];
-  const followed = new Set<string>();
+  let sub: TraceSubscription | undefined;
   let rootEnded = false;
   let onRootEnd: (() => void) | undefined;
   const rootEnd = new Promise<void>((resolve) => (onRootEnd = resolve));
@@ -89,21 +88,9 @@ async function follow(
   const poke = () => {
     wake?.();
   };
-  const subscribe = async (runId: string) => {
-    if (followed.has(runId)) return;
-    followed.add(runId);
-    const sub =
-      runId === handle.id
-        ? await handle.events({ from: 'start', callback: onEvent })
-        : await client.traces.subscribe({ runId }, { from: 'start', callback: onEvent });
-    subs.push(sub);
-  };
   const onEvent = (e: TraceEvent) => {
     if (json) printJson(e);
     else view.add(e);
-    if (e.event === 'delegate.start' && typeof e.data['childRunId'] === 'string') {
-      subscribe(e.data['childRunId']).catch(() => undefined);
-    }
     if (e.event === 'run.end' && e.runId === handle.id) {
       rootEnded = true;
       onRootEnd?.();
@@ -114,7 +101,8 @@ async function follow(
   const deadline = options.timeout ? started + options.timeout * 1000 : Infinity;
   let record: RunRecord;
   try {
-    await subscribe(handle.id);
+    // The run's events with those of the runs it delegates to (each after its delegate.start).
+    sub = await handle.events({ from: 'start', callback: onEvent });
     // Trace events wake the loop; the record is the truth (a halted run emits no run.end).
     for (;;) {
       record = await handle.get();
@@ -149,7 +137,7 @@ async function follow(
     }
   } finally {
     signal.removeEventListener('abort', poke);
-    await Promise.all(subs.map((s) => s.stop()));
+    await sub?.stop();
   }
   const budget = await handle.budget().catch(() => undefined);
   if (json) {

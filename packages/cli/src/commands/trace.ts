@@ -49,8 +49,10 @@ function parseFrom(from: string | undefined): TraceStart {
 
 /**
  * `reins trace <runId|pattern>`: prints trace events live as a tree (or one JSON event per
- * line with `--json`), stored ones first unless `--from new`. For a run id it exits when the
- * run ends (0 completed, 3 stopped, 1 failed) unless `--watch`; patterns run until Ctrl-C.
+ * line with `--json`), stored ones first unless `--from new`. A run id shows the run's whole
+ * tree: the runs it delegated to, and theirs, each under the call that made it. It exits when
+ * the run ends and the tree's stored events are shown (0 completed, 3 stopped, 1 failed) unless
+ * `--watch`; patterns run until Ctrl-C.
  */
 export async function traceCommand(
   target: string,
@@ -67,35 +69,28 @@ export async function traceCommand(
     write: (t) => process.stdout.write(t),
     showRun: !('runId' in parsed),
   });
-  const subs: TraceSubscription[] = [];
-  const followed = new Set<string>();
+  let sub: TraceSubscription | undefined;
   let finish: ((code: ExitCode) => void) | undefined;
   const done = new Promise<ExitCode>((resolve) => (finish = resolve));
   const onEvent = (e: TraceEvent) => {
     if (options.json) printJson(e);
     else view.add(e);
-    if ('runId' in parsed) {
-      if (e.event === 'delegate.start' && typeof e.data['childRunId'] === 'string') {
-        follow({ runId: e.data['childRunId'] }).catch(() => undefined);
-      }
-      if (e.event === 'run.end' && e.runId === parsed.runId && !options.watch) {
-        const status = typeof e.data['status'] === 'string' ? e.data['status'] : 'failed';
-        finish?.(
-          status === 'completed'
-            ? ExitCode.ok
-            : status === 'stopped'
-              ? ExitCode.stopped
-              : ExitCode.error,
-        );
-      }
+    // The run's own end; its delegated runs come with the subscription (each after the
+    // `delegate.start` that made it).
+    if ('runId' in parsed && e.event === 'run.end' && e.runId === parsed.runId && !options.watch) {
+      const status = typeof e.data['status'] === 'string' ? e.data['status'] : 'failed';
+      const code =
+        status === 'completed'
+          ? ExitCode.ok
+          : status === 'stopped'
+            ? ExitCode.stopped
+            : ExitCode.error;
+      // A finished run is read back from the stream: show the rest of its tree first.
+      void subscribed.then((s) => s?.caughtUp()).then(() => finish?.(code));
     }
   };
-  const follow = async (pattern: TraceSubjectParts | string) => {
-    const key = typeof pattern === 'string' ? pattern : JSON.stringify(pattern);
-    if (followed.has(key)) return;
-    followed.add(key);
-    subs.push(await client.traces.subscribe(pattern, { from, callback: onEvent }));
-  };
+  let subscribedNow: (s: TraceSubscription | undefined) => void = () => undefined;
+  const subscribed = new Promise<TraceSubscription | undefined>((r) => (subscribedNow = r));
   const onAbort = () => finish?.(ExitCode.ok);
   signal.addEventListener('abort', onAbort);
   try {
@@ -115,8 +110,16 @@ export async function traceCommand(
       }
     }
     try {
-      await follow('runId' in parsed ? { runId: parsed.runId } : parsed.pattern);
+      sub = await client.traces.subscribe(
+        'runId' in parsed ? { runId: parsed.runId } : parsed.pattern,
+        {
+          from,
+          callback: onEvent,
+        },
+      );
+      subscribedNow(sub);
     } catch (cause) {
+      subscribedNow(undefined);
       throw new CliError('cannot read the trace stream (REINS_TRACE)', {
         cause,
         hint: 'a supervisor creates it on start: run `reins up`, or check `reins doctor`',
@@ -126,7 +129,7 @@ export async function traceCommand(
   } finally {
     signal.removeEventListener('abort', onAbort);
     view.clearStatus();
-    await Promise.all(subs.map((s) => s.stop()));
+    await sub?.stop();
     await client.close();
   }
 }
