@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ApprovalRecord, decode, type RunRecord } from '@reins/protocol';
 import { startFakeOpenAI, type FakeOpenAI, type RecordedRequest } from '@reins/testing';
-import { POLICY, startE2E, waitFor, type E2E } from './support/e2e.js';
+import { POLICY, startE2E, type E2E } from './support/e2e.js';
 
 /** write_file needs a human; everything else as the e2e policy says. */
 const APPROVAL_POLICY = {

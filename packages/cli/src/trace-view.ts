@@ -213,7 +213,7 @@ export class TraceView {
             ? 'run'
             : `${str(scope['kind'])} ${str(scope['role'] ?? scope['agentId'] ?? '')}`.trim();
         const verb = e.event.slice(4);
-        const colour = verb === 'resume' ? s.green : s.yellow;
+        const colour = (t: string) => (verb === 'resume' ? s.green(t) : s.yellow(t));
         text = `${colour(`${verb === 'halt' ? '■ halted' : verb === 'pause' ? '⏸ paused' : '▶ resumed'}`)} ${s.dim(
           `(${what})`,
         )} ${truncate(str(d['reason']), 80)}${typeof d['by'] === 'string' ? s.dim(` by ${d['by']}`) : ''}`;

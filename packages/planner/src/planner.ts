@@ -806,7 +806,8 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
       // A human decides: the step stops here with its pending action kept in the run state,
       // and carries on (with the same idempotency key) when the decision re-enqueues the run.
       if (err instanceof ReinsError && err.code === 'APPROVAL_PENDING') {
-        const approvalId = String(err.details?.['approvalId'] ?? '');
+        const id = err.details?.['approvalId'];
+        const approvalId = typeof id === 'string' ? id : '';
         trace(
           'tool.waiting',
           { tool: call.name, approvalId, expiresAt: err.details?.['expiresAt'] },
