@@ -9,7 +9,7 @@ import { cp, mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { connect } from '@reins/client';
+import { connect, type RunHandle } from '@reins/client';
 import { createGrantSigner, type TraceEvent } from '@reins/protocol';
 import { INSECURE_WARNING } from '@reins/runtime';
 import { startNatsServer, startSwarm } from '@reins/testing';
@@ -135,10 +135,24 @@ try {
       `${dim(t + 's')} ${dim(e.runId.slice(-8))} ${who} ${indent}${bold(e.event.padEnd(13))} ${e.stepId ?? ''} ${detail}`,
     );
   };
-  await using _traces = await client.traces.subscribe(
-    { runId: '*' },
-    { from: 'new', callback: printEvent },
-  );
+  /** Prints a run's events (its children's included) until its own `run.end` is printed. */
+  const follow = async (handle: RunHandle) => {
+    let ended!: () => void;
+    const end = new Promise<void>((r) => (ended = r));
+    const sub = await handle.events({
+      callback: (e) => {
+        printEvent(e);
+        if (e.event === 'run.end' && e.runId === handle.id) ended();
+      },
+    });
+    return {
+      done: async () => {
+        // The trace may trail the run record by a moment; never wait on it for long.
+        await Promise.race([end, new Promise((r) => setTimeout(r, 5_000).unref())]);
+        await sub.stop();
+      },
+    };
+  };
 
   // 1. A run that does real work.
   console.log(bold('Run 1: summarise the documents into report.md (budget $0.05, 20 steps)'));
@@ -146,7 +160,10 @@ try {
     'Read every document in docs/ and write a report to report.md',
     { role: 'lead', budget: { usd: 0.05, steps: 20 } },
   );
+  // The run's events include the child runs it delegates to (the researcher's steps).
+  const events = await follow(run);
   const result = await run.result({ timeoutMs: 120_000 });
+  await events.done();
   const budget = await run.budget();
   console.log(`\n${bold('answer')}  ${result.answer ?? '(none)'}`);
   console.log(
@@ -165,7 +182,9 @@ try {
     'Read every document in docs/ and write a report to report.md',
     { role: 'researcher', budget: { usd: 0.0008, steps: 20 } },
   );
+  const poorEvents = await follow(poor);
   const stopped = await poor.result({ timeoutMs: 60_000 });
+  await poorEvents.done();
   const poorBudget = await poor.budget();
   console.log(
     `\n${bold('status')}  ${stopped.status} (${stopped.stopReason ?? 'no reason'}): ${stopped.error?.message ?? ''}`,
