@@ -6,7 +6,8 @@ import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 
 
 const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
 
-function base32Decode(text: string): Uint8Array {
+/** RFC 4648 base32 (no padding), as nkeys use it; throws a `TypeError` on another character. */
+export function base32Decode(text: string): Uint8Array {
   const out: number[] = [];
   let bits = 0;
   let value = 0;
@@ -21,6 +22,23 @@ function base32Decode(text: string): Uint8Array {
     }
   }
   return Uint8Array.from(out);
+}
+
+/** RFC 4648 base32 without padding, as nkeys use it. */
+export function base32Encode(bytes: Uint8Array): string {
+  let out = '';
+  let bits = 0;
+  let value = 0;
+  for (const b of bytes) {
+    value = ((value << 8) | b) & 0xffff;
+    bits += 8;
+    while (bits >= 5) {
+      out += ALPHABET[(value >>> (bits - 5)) & 31];
+      bits -= 5;
+    }
+  }
+  if (bits > 0) out += ALPHABET[(value << (5 - bits)) & 31];
+  return out;
 }
 
 const b64url = (b: Uint8Array) => Buffer.from(b).toString('base64url');

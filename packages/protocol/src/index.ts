@@ -55,6 +55,7 @@ export {
 } from './grant.js';
 export type { AuditHead, GrantSigner, VerifyGrantOptions } from './grant.js';
 export { signHeartbeat, checkHeartbeat } from './heartbeat-proof.js';
+export { deriveUserSeed } from './nkey-derive.js';
 export type { HeartbeatCheck } from './heartbeat-proof.js';
 export {
   Budget,

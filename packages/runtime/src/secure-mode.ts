@@ -7,8 +7,8 @@ import {
   Streams,
   assertId,
   createSubjects,
+  deriveUserSeed,
 } from '@reins/protocol';
-import { deriveUserSeed } from './nkey-derive.js';
 
 /** The NATS users of a secure deployment: one per role. */
 export const SECURE_ROLES = ['supervisor', 'planner', 'executor', 'client'] as const;

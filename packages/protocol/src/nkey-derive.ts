@@ -1,46 +1,13 @@
 import { createHash } from 'node:crypto';
+import { base32Decode, base32Encode } from './ed25519.js';
 
 // nkey seeds are base32 (RFC 4648, no padding) of: two prefix bytes (seed + key type), the
 // 32-byte ed25519 seed, and a CRC-16/XMODEM of those, little-endian. @nats-io/nkeys makes
 // seeds only from random bytes; a serving user is derived from a role's seed instead, so one
 // secret per role is all an operator keeps.
 
-const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
 const SEED_PREFIX = 18 << 3;
 const USER_PREFIX = 20 << 3;
-
-function base32Decode(text: string): Uint8Array {
-  const out: number[] = [];
-  let bits = 0;
-  let value = 0;
-  for (const ch of text) {
-    const i = ALPHABET.indexOf(ch);
-    if (i < 0) throw new TypeError('invalid base32');
-    value = ((value << 5) | i) & 0xffff;
-    bits += 5;
-    if (bits >= 8) {
-      out.push((value >>> (bits - 8)) & 0xff);
-      bits -= 8;
-    }
-  }
-  return Uint8Array.from(out);
-}
-
-function base32Encode(bytes: Uint8Array): string {
-  let out = '';
-  let bits = 0;
-  let value = 0;
-  for (const b of bytes) {
-    value = ((value << 8) | b) & 0xffff;
-    bits += 8;
-    while (bits >= 5) {
-      out += ALPHABET[(value >>> (bits - 5)) & 31];
-      bits -= 5;
-    }
-  }
-  if (bits > 0) out += ALPHABET[(value << (5 - bits)) & 31];
-  return out;
-}
 
 function crc16(bytes: Uint8Array): number {
   let crc = 0;
