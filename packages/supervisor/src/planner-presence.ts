@@ -1,3 +1,4 @@
+import { TimeoutError } from '@reins/protocol';
 import { listAgents, type AgentPresence } from '@reins/runtime';
 
 /** How `PlannerPresence` lists the agents in presence (KV `reins_agents`). */
@@ -9,6 +10,9 @@ export interface PlannerCheck {
   /** Roles a live agent serves (supervisors left out), sorted; filled in only on a miss. */
   roles: string[];
 }
+
+/** A presence listing that takes longer fails the starts waiting on it (retryable). */
+const LIST_DEADLINE_MS = 10_000;
 
 /** Agent statuses that take no more work: they do not serve their role. */
 const GONE = new Set(['stopped', 'failed', 'lost']);
@@ -49,7 +53,7 @@ export class PlannerPresence {
   }
 
   #refresh(): Promise<string[]> {
-    this.#listing ??= this.#list()
+    this.#listing ??= this.#bounded()
       .then((agents) => {
         this.#servedUntil.clear();
         for (const ag of agents) {
@@ -63,5 +67,20 @@ export class PlannerPresence {
         this.#listing = undefined;
       });
     return this.#listing;
+  }
+
+  /**
+   * The listing, given up after `LIST_DEADLINE_MS`: every start that misses waits on the one
+   * listing in flight, so a listing that never answers must not hold admission for good.
+   */
+  #bounded(): Promise<AgentPresence[]> {
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new TimeoutError('agent presence listing did not answer in time')),
+        LIST_DEADLINE_MS,
+      );
+    });
+    return Promise.race([this.#list(), deadline]).finally(() => clearTimeout(timer));
   }
 }
