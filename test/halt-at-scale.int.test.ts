@@ -57,7 +57,8 @@ describe('halt at scale: 1,000 agents in 4 processes', () => {
         interval: 500,
       })
       .toBe(PROCESSES * PER_PROCESS);
-    const run = await client.runs.start('scale', { budget: { steps: 100 } });
+    // The swarm's actors are not planners of role `planner`: the run only names the work.
+    const run = await client.runs.start('scale', { budget: { steps: 100 }, waitForPlanner: true });
 
     // One "tool" in flight per process.
     const aborted = rt.nc.subscribe('aborted.>', { max: PROCESSES });

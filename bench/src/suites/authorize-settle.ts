@@ -42,6 +42,7 @@ async function run(ctx: SuiteContext): Promise<Result[]> {
           client.request(client.subjects.runsStart, RunStartRequest, RunRecord, {
             goal: 'bench',
             budget: { usd: 1000, steps: 1_000_000 },
+            waitForPlanner: true, // no planner: the bench authorizes and settles itself
           }),
         ),
       );

@@ -145,6 +145,20 @@ export function explainError(err: unknown, context: { natsUrl: string }): CliErr
           cause: err,
           hint: 'a halt covers this; lift it with `reins resume` and the same scope (e.g. --all)',
         });
+      case 'NO_PLANNER': {
+        const served = Array.isArray(err.details?.['served'])
+          ? (err.details['served'] as unknown[]).filter((r): r is string => typeof r === 'string')
+          : [];
+        const role = typeof err.details?.['role'] === 'string' ? err.details['role'] : 'ROLE';
+        return new CliError(err.message, {
+          cause: err,
+          code: 'NO_PLANNER',
+          hint:
+            `${served.length ? `live agents serve roles ${served.join(', ')}` : 'no planner is running'}` +
+            ` (see \`reins ps\`); start a planner for ${role} (\`reins up --role ${role}\`),` +
+            ' or queue the run for one still to come with --wait-for-planner',
+        });
+      }
       case 'BAD_REQUEST':
         return new CliError(err.message, { cause: err, exitCode: ExitCode.usage });
       default:

@@ -133,7 +133,7 @@ Quick start:
       '--keys <dir>',
       `key directory of secure mode (default: the project's ${DEFAULT_KEY_DIR}, or $REINS_HOME/secure)`,
     )
-    .option('--planners <n>', 'planner processes', int('--planners', 0, 64), 1)
+    .option('--planners <n>', 'planner processes (at least 1)', int('--planners', 1, 64), 1)
     .option('--executors <n>', 'executor processes', int('--executors', 0, 64), 1)
     .option('--role <role>', 'role the planners serve', 'planner')
     .option(
@@ -168,6 +168,10 @@ Quick start:
       positive('--budget-usd'),
     )
     .option('--max-steps <n>', 'step cap of the run', int('--max-steps', 1))
+    .option(
+      '--wait-for-planner',
+      'admit the run even when no live planner serves its role (it waits for one); without it such a run is refused (NO_PLANNER)',
+    )
     .option('-f, --follow', 'print the live trace tree and wait for the end')
     .option(
       '--timeout <seconds>',

@@ -50,6 +50,8 @@ describe('reins approvals / approve / deny', () => {
     const run = await runtime.request(runtime.subjects.runsStart, RunStartRequest, RunRecord, {
       goal: 'pay the invoices',
       budget: { steps: 10 },
+      // No planner here: the test plays its part.
+      waitForPlanner: true,
     });
     runId = run.runId;
     // What a planner does: ask to act; the supervisor parks the call for a human.

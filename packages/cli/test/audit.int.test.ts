@@ -41,6 +41,7 @@ async function supervise(
       await runtime.request(runtime.subjects.runsStart, RunStartRequest, RunRecord, {
         goal: `goal ${i}`,
         budget: { steps: 5 },
+        waitForPlanner: true, // no planner: only the admissions are audited
       });
     }
   } finally {

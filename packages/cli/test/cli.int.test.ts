@@ -48,6 +48,10 @@ describe('reins without a swarm', () => {
     expect(badStatus.code).toBe(2);
     expect(badStatus.stderr).toContain('completed');
 
+    const noPlanners = await reins(['up', '--insecure', '--planners', '0']);
+    expect(noPlanners.code).toBe(2);
+    expect(noPlanners.stderr).toContain('--planners must be a whole number from 1 to 64');
+
     const unknown = await reins(['halts']);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toContain('halt');
@@ -276,6 +280,22 @@ describe('reins up on an existing NATS, and the commands against it', () => {
     expect(entries.filter((e) => e.runId === 'run_doesnotexist')).toEqual([]);
   });
 
+  it('run for a role no planner serves fails at once with NO_PLANNER (exit 1) and says what is served; --wait-for-planner queues it', async () => {
+    const r = await reins(['run', 'anything', '--role', 'nobody', '--follow'], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('no live planner serves role nobody');
+    expect(r.stderr).toContain('[NO_PLANNER]');
+    expect(r.stderr).toContain('live agents serve roles executor, planner');
+    expect(r.stderr).toContain('reins ps');
+    expect(r.stderr).toContain('--wait-for-planner');
+    const queued = await reins(
+      ['run', 'anything', '--role', 'nobody', '--wait-for-planner', '--json'],
+      env,
+    );
+    expect(queued.code).toBe(0);
+    expect(JSON.parse(queued.stdout)).toMatchObject({ status: 'queued', role: 'nobody' });
+  });
+
   it('resume says when the scope was not halted (exit 0), and lifts it when it was', async () => {
     // The previous test left `runId` halted.
     const lifted = await reins(['resume', '--run', runId, '--json'], env);
@@ -298,8 +318,8 @@ describe('reins up on an existing NATS, and the commands against it', () => {
     const expected = info.agents.filter((a) => !a.startsWith('supervisor')).sort();
     expect([...reply.acked].sort()).toEqual(expected);
     expect(reply.missing).toEqual([]);
-    // Nothing new starts while halted: a run is admitted, but no step of it runs. The run itself
-    // is not halted (it waits for the swarm), so following it gives up at its timeout: exit 1.
+    // Nothing new starts while halted: a run is admitted as halted, and following it says so
+    // at once (exit 3), naming the halt, instead of waiting for a swarm that does not move.
     const held = await reins(
       [
         'run',
@@ -308,16 +328,28 @@ describe('reins up on an existing NATS, and the commands against it', () => {
         '20',
         '--follow',
         '--timeout',
-        '3',
+        '30',
         '--json',
       ],
       env,
     );
-    expect(held.code).toBe(1);
-    expect(held.stderr).toMatch(/did not end within 3s \(it goes on\)/);
-    const heldEvents = jsonLines(held.stdout) as RunLine[];
-    expect(heldEvents.map((e) => e.event)).toEqual(['run.start']);
-    const heldRunId = heldEvents[0]?.runId ?? '';
+    expect(held.code).toBe(3);
+    const heldLines = jsonLines(held.stdout) as RunLine[];
+    expect(heldLines.slice(0, -1).map((e) => e.event)).toEqual(['run.start']);
+    const heldRun = heldLines.at(-1)?.run as
+      | { runId: string; status: string; error?: { code: string; details?: { reason?: string } } }
+      | undefined;
+    expect(heldRun?.status).toBe('halted');
+    expect(heldRun?.error).toMatchObject({
+      code: 'HALTED',
+      details: { reason: 'stop everything' },
+    });
+    const heldRunId = heldRun?.runId ?? '';
+    const text = await reins(['run', 'Summarise docs/ into report.md', '--follow'], env);
+    expect(text.code).toBe(3);
+    expect(text.stdout).toContain('■ halted');
+    expect(text.stdout).toContain('a halt of everything (stop everything)');
+    expect(text.stdout).toContain('reins resume --all');
     const resume = await reins(['resume', '--all', '--json'], env);
     expect(resume.code).toBe(0);
     // The halt was all that held it: resumed, the same run goes on to completion.

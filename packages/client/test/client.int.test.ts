@@ -18,7 +18,11 @@ describe('@reins/client', () => {
     await using _supervisor = await startSupervisor(rt, { agentId: 'sv-1' });
     await using ops = await connect({ servers: nats.url, logger: quiet(), identity: 'ops' });
 
-    const run = await ops.runs.start('audit who did it', { budget: { steps: 5 } });
+    // No planner: the run is only there to be paused, halted and resumed.
+    const run = await ops.runs.start('audit who did it', {
+      budget: { steps: 5 },
+      waitForPlanner: true,
+    });
     await ops.pause({ kind: 'run', runId: run.id }, 'look first');
     expect(await run.get()).toMatchObject({ status: 'paused' });
     await run.halt('stop it', { deadlineMs: 300 });

@@ -24,6 +24,7 @@ export const ErrorCode = {
   TOOL_FAILED: 'TOOL_FAILED',
   INTERNAL: 'INTERNAL',
   AUDIT_TRUNCATED: 'AUDIT_TRUNCATED',
+  NO_PLANNER: 'NO_PLANNER',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -157,6 +158,16 @@ export type InternalError = InstanceType<typeof InternalError>;
 export const AuditTruncatedError = errorClass(ErrorCode.AUDIT_TRUNCATED, 'AuditTruncatedError');
 export type AuditTruncatedError = InstanceType<typeof AuditTruncatedError>;
 
+/**
+ * No live planner serves the role a run was started for (`details.role`, and the roles that
+ * are served in `details.served`): admitted, it would wait in the queue for good. Not
+ * retryable: what fixes it is an operator starting a planner of that role (or fixing a
+ * mistyped role), not the same request again — a client that retried it would wait as
+ * silently as the queued run did. Start with `waitForPlanner: true` to queue it anyway.
+ */
+export const NoPlannerError = errorClass(ErrorCode.NO_PLANNER, 'NoPlannerError');
+export type NoPlannerError = InstanceType<typeof NoPlannerError>;
+
 const classes: Record<string, new (message: string, options?: ReinsErrorOptions) => ReinsError> = {
   BAD_REQUEST: ProtocolError,
   PAYLOAD_TOO_LARGE: PayloadTooLargeError,
@@ -180,6 +191,7 @@ const classes: Record<string, new (message: string, options?: ReinsErrorOptions)
   TOOL_FAILED: ToolFailedError,
   INTERNAL: InternalError,
   AUDIT_TRUNCATED: AuditTruncatedError,
+  NO_PLANNER: NoPlannerError,
 };
 
 /**

@@ -24,6 +24,7 @@ export {
   ToolFailedError,
   InternalError,
   AuditTruncatedError,
+  NoPlannerError,
   toWireError,
   fromWireError,
   isErrorCode,

@@ -89,6 +89,11 @@ export const RunStartRequest = z.object({
   /** A client-chosen key: starting twice with the same key returns the same run. */
   idempotencyKey: IdempotencyKey.optional(),
   requestedBy: Text(256).optional(),
+  /**
+   * Admit the run even when no live planner serves its role (it waits in the queue until one
+   * starts). Without it such a start is refused with `NO_PLANNER`.
+   */
+  waitForPlanner: z.boolean().optional(),
 });
 export type RunStartRequest = z.infer<typeof RunStartRequest>;
 

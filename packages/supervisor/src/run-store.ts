@@ -174,7 +174,8 @@ export class RunStore {
 
   /**
    * Applies `fn` to the record with CAS, retrying on conflicts. `fn` returns the new record or
-   * `undefined` to leave it unchanged. Returns the stored record.
+   * `undefined` to leave it unchanged. Returns the stored record (as written: with its
+   * `updatedAt`), so that every caller, the writer or one that lost the race, gets the same.
    */
   async update(runId: string, fn: (r: RunRecord) => RunRecord | undefined): Promise<RunRecord> {
     const key = `run.${assertId(runId, 'runId')}`;
@@ -189,7 +190,7 @@ export class RunStore {
         const stored = { ...next, updatedAt: Date.now() };
         const rev = await this.#kv.update(key, encode(RunRecord, stored), e.revision);
         if (epoch === this.#epoch) this.#remember(key, stored, rev);
-        return next;
+        return stored;
       } catch {
         // lost the race: re-read and retry
       }

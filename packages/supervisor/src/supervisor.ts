@@ -15,10 +15,13 @@ import {
   Streams,
   Decision,
   ExecuteRequest,
+  HaltMarker,
   HaltReply,
   HaltRequest,
   HaltedError,
+  NoPlannerError,
   NotFoundError,
+  decode,
   scopeKey,
   PausedError,
   PolicyDeniedError,
@@ -73,6 +76,8 @@ import {
   type Policy,
   type PolicyDocument,
 } from './policy.js';
+import { endRun, type RunLifecycleContext, type RunOutcome } from './run-lifecycle.js';
+import { PlannerPresence } from './planner-presence.js';
 import { RunStore, isTerminal } from './run-store.js';
 import { loadSigningKey } from './signing-key.js';
 
@@ -203,6 +208,7 @@ export async function startSupervisor(
     const e = await haltsKv.get(scopeKey(scope));
     return e?.operation === 'PUT' && e.value.length > 0;
   };
+  const planners = PlannerPresence.of(runtime);
   const policyCache = new Map<string, Policy>();
   /**
    * Ids of tool grants this instance issued recently (bounded). Tool grants reserve nothing, so
@@ -274,11 +280,23 @@ export async function startSupervisor(
     });
   };
 
+  /** What ending a run needs (see `endRun`): every way a run ends goes through it. */
+  const lifecycle: RunLifecycleContext = {
+    runs,
+    ledger,
+    audit: record,
+    trace: (runId, event, data) => actor.trace(runId, event, data),
+  };
+
+  /**
+   * A breaker tripped: the run ends (stopped, `BREAKER`), and work of it still in flight is
+   * halted (a run marker, then a broadcast), since the planner may be mid-step.
+   */
   const tripBreaker = async (run: RunRecord, trip: BreakerTrip) => {
     logger.warn({ runId: run.runId, trip }, 'breaker tripped');
-    await runs.setStatus(run.runId, 'stopped', {
+    const { ended } = await endRun(lifecycle, run.runId, {
+      status: 'stopped',
       stopReason: 'BREAKER',
-      endedAt: Date.now(),
       error: {
         code: 'BREAKER',
         message: trip.reason,
@@ -286,16 +304,12 @@ export async function startSupervisor(
         details: { breaker: trip.breaker },
       },
     });
+    if (!ended) return;
     await record({
       action: 'breaker',
       runId: run.runId,
       rule: `breaker.${trip.breaker}`,
       details: { reason: trip.reason },
-    });
-    actor.trace(run.runId, 'run.end', {
-      status: 'stopped',
-      stopReason: 'BREAKER',
-      reason: trip.reason,
     });
     await halts.write({
       haltId: newId('h'),
@@ -310,6 +324,66 @@ export async function startSupervisor(
       reason: trip.reason,
       deadlineMs: 1000,
     }).catch(() => undefined);
+  };
+
+  /** The halt marker (read from KV, not the watched set) covering a new run of `role`. */
+  const admissionHalt = async (role: string): Promise<HaltMarker | undefined> => {
+    for (const scope of [{ kind: 'all' }, { kind: 'role', role }] as const) {
+      const e = await haltsKv.get(scopeKey(scope));
+      if (e?.operation !== 'PUT' || e.value.length === 0) continue;
+      try {
+        return decode(HaltMarker, e.value, { name: 'halt marker' });
+      } catch {
+        // Unreadable: it still halts what its key names (fail closed).
+        return { haltId: 'unknown', scope, reason: 'unreadable halt marker', createdAt: 0 };
+      }
+    }
+    return undefined;
+  };
+
+  /** What a run halted at admission carries in `error`, so that followers can name the halt. */
+  const haltNote = (halt: HaltMarker) => ({
+    code: 'HALTED',
+    message: `admitted under ${halt.scope.kind === 'all' ? 'a halt of everything' : `a halt of ${halt.scope.kind === 'role' ? `role ${halt.scope.role}` : halt.scope.kind}`} (${halt.reason}): it starts when the halt is lifted`,
+    retryable: false,
+    details: {
+      scope: halt.scope,
+      haltId: halt.haltId,
+      reason: halt.reason,
+      atAdmission: true,
+    },
+  });
+
+  /**
+   * A halted run that no halt covers any more runs again: `queued` when it was halted at
+   * admission (it never started), else `running`, and its task is enqueued. No-op for a run
+   * in any other status. Returns the stored record.
+   */
+  const requeue = async (run: RunRecord): Promise<RunRecord> => {
+    let wrote = false;
+    const next = await runs.update(run.runId, (r) => {
+      wrote = false;
+      if (r.status !== 'halted') return undefined;
+      wrote = true;
+      const { error, ...rest } = r;
+      const atAdmission = error?.details?.['atAdmission'] === true;
+      return { ...rest, status: atAdmission ? 'queued' : 'running' };
+    });
+    if (wrote) await enqueue(next, `resume-${newId()}`);
+    return next;
+  };
+
+  /**
+   * After a halt of everything or of a role is lifted: the halted runs no halt covers any more
+   * (not their run, their role, nor everything) run again. Lists the run store: resumes are rare.
+   */
+  const requeueUncovered = async () => {
+    const halted = await runs.list({ status: 'halted', limit: 1000 });
+    for (const run of halted) {
+      if (await hasMarker({ kind: 'run', runId: run.runId })) continue;
+      if (await admissionHalt(run.role)) continue;
+      await requeue(run);
+    }
   };
 
   const denyBudget = (res: Extract<ReserveResult, { ok: false }>) =>
@@ -606,6 +680,25 @@ export async function startSupervisor(
               const existing = await runs.startKey(req.idempotencyKey);
               if (existing) return runs.require(existing);
             }
+            // A role no live planner serves would wait in the queue for good: say so now,
+            // unless the caller asked to queue it for a planner still to come.
+            if (!req.waitForPlanner) {
+              const presence = await planners.check(req.role);
+              if (!presence.served) {
+                await record({
+                  action: 'deny',
+                  ...(req.parentRunId ? { runId: req.parentRunId } : {}),
+                  rule: 'admission.no_planner',
+                  details: { role: req.role, served: presence.roles },
+                });
+                const served = presence.roles.length
+                  ? `served: ${presence.roles.join(', ')}`
+                  : 'no role is served';
+                throw new NoPlannerError(`no live planner serves role ${req.role} (${served})`, {
+                  details: { role: req.role, served: presence.roles },
+                });
+              }
+            }
             const runId = newId('run');
             const now = Date.now();
             // A child run inherits its parent's remaining budget (below); a top-level run gets the default.
@@ -665,12 +758,17 @@ export async function startSupervisor(
                 }
               }
             }
+            // A run admitted while a halt covers it (everything, or its role) is recorded as
+            // halted, not queued: nothing of it runs until the halt is lifted, and the caller
+            // is told so. The resume that lifts the last covering halt enqueues it.
+            const halt = await admissionHalt(req.role);
             const run: RunRecord = {
               runId,
               goal: req.goal,
               role: req.role,
               roles: req.roles ?? [req.role, 'executor'],
-              status: 'queued',
+              status: halt ? 'halted' : 'queued',
+              ...(halt ? { error: haltNote(halt) } : {}),
               budget,
               used: { inputTokens: 0, outputTokens: 0, usd: 0, steps: 0 },
               createdAt: now,
@@ -695,15 +793,22 @@ export async function startSupervisor(
                 role: req.role,
                 parentRunId: req.parentRunId,
                 requestedBy: req.requestedBy,
+                ...(halt ? { halted: { haltId: halt.haltId, scope: halt.scope } } : {}),
               },
             });
-            await enqueue(run, 'start');
             a.trace(runId, 'run.start', {
               goal: req.goal.slice(0, 1000),
               budget,
               parentRunId: req.parentRunId,
+              ...(halt ? { halted: { scope: halt.scope, reason: halt.reason } } : {}),
             });
-            return run;
+            if (!halt) {
+              await enqueue(run, 'start');
+              return run;
+            }
+            // The halt may have been lifted while the run was being recorded, by a resume that
+            // listed the halted runs before this one existed: then nobody else enqueues it.
+            return (await admissionHalt(req.role)) ? run : requeue(run);
           },
           { queue: SUPERVISOR_QUEUE, reply: RunRecord, runOf: () => undefined },
         );
@@ -770,43 +875,15 @@ export async function startSupervisor(
           subjects.runsEnd,
           RunEndRequest,
           async (req) => {
-            const now = Date.now();
-            const ended = await runs.update(req.runId, (r) =>
-              isTerminal(r.status)
-                ? undefined
-                : {
-                    ...r,
-                    status: req.status,
-                    endedAt: now,
-                    ...(req.answer !== undefined ? { answer: req.answer } : {}),
-                    ...(req.stopReason ? { stopReason: req.stopReason } : {}),
-                    ...(req.error ? { error: req.error } : {}),
-                  },
-            );
-            if (ended.endedAt === now) {
-              if (ended.parentRunId) {
-                const released = await ledger.releaseCarve(
-                  `run.${ended.parentRunId}`,
-                  `run.${ended.runId}`,
-                );
-                await record({
-                  action: 'release',
-                  runId: ended.parentRunId,
-                  details: { child: ended.runId, used: released.used, returned: released.returned },
-                });
-              }
-              await record({
-                action: 'run.end',
-                runId: req.runId,
-                agentId: req.agentId,
-                details: { status: req.status, stopReason: req.stopReason },
-              });
-              a.trace(req.runId, 'run.end', {
-                status: ended.status,
-                stopReason: ended.stopReason,
-                answer: ended.answer?.slice(0, 2000),
-              });
-            }
+            const outcome: RunOutcome =
+              req.status === 'completed'
+                ? { status: 'completed', answer: req.answer }
+                : req.status === 'stopped'
+                  ? { status: 'stopped', stopReason: req.stopReason ?? 'ERROR', error: req.error }
+                  : { status: 'failed', stopReason: req.stopReason, error: req.error };
+            const { record: ended } = await endRun(lifecycle, req.runId, outcome, {
+              agentId: req.agentId,
+            });
             return withUsage(ended);
           },
           { queue: SUPERVISOR_QUEUE, reply: RunRecord, runOf: () => undefined },
@@ -842,16 +919,15 @@ export async function startSupervisor(
                 'halt',
               );
             if (run.budget.wallMs !== undefined && Date.now() > run.createdAt + run.budget.wallMs) {
-              await runs.setStatus(run.runId, 'stopped', {
-                stopReason: 'WALL_TIME',
-                endedAt: Date.now(),
+              const err = new BudgetExceededError('run wall time is over', {
+                details: { dimension: 'wallMs' },
               });
-              return deny(
-                new BudgetExceededError('run wall time is over', {
-                  details: { dimension: 'wallMs' },
-                }),
-                'budget.wall_time',
-              );
+              await endRun(lifecycle, run.runId, {
+                status: 'stopped',
+                stopReason: 'WALL_TIME',
+                error: toWireError(err),
+              });
+              return deny(err, 'budget.wall_time');
             }
             const grantId = newId('g');
             const reserved = {
@@ -1242,9 +1318,13 @@ export async function startSupervisor(
             traceControl('resume', req, owners);
             const reply = await relay('resume', req, ackers);
             if (run && stoppedRun) {
-              const resumed = await runs.setStatus(run.runId, 'running');
-              await enqueue(resumed, `resume-${newId()}`);
+              if (run.status === 'halted') await requeue(run);
+              else {
+                const resumed = await runs.setStatus(run.runId, 'running');
+                await enqueue(resumed, `resume-${newId()}`);
+              }
             }
+            if (req.scope.kind === 'all' || req.scope.kind === 'role') await requeueUncovered();
             return { ...reply, lifted: marked || stoppedRun || pausedAgent };
           },
           { queue: SUPERVISOR_QUEUE, reply: HaltReply, runOf: () => undefined },

@@ -44,6 +44,7 @@ import { connect } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
 import { startNatsServer, type NatsServer } from '@reins/testing';
 import { readAudit, startSupervisor, verifyAudit, type Supervisor } from '../src/index.js';
+import { presenceOf } from './presence-fixture.js';
 
 const quiet = () => createLogger({ level: process.env['REINS_LOG_LEVEL'] ?? 'silent' });
 const { signer, seed } = createGrantSigner();
@@ -97,6 +98,12 @@ describe('supervisor actor', () => {
       logger: quiet(),
       ensureInfrastructure: false,
     });
+    // A planner in presence, so that runs of role `planner` are admitted (it takes no tasks:
+    // the tests play its part).
+    const planner = await Runtime.connect({ servers: nats.url, logger: quiet() });
+    runtimes.push(planner);
+    await planner.start(defineActor({ role: 'planner', agentId: 'stub-planner', setup() {} }));
+    await presenceOf(client, ['stub-planner']);
     // A minimal executor: verifies the grant and echoes.
     const exec = await Runtime.connect({ servers: nats.url, logger: quiet() });
     runtimes.push(exec);

@@ -14,6 +14,8 @@ export interface RunOptions extends CommonOptions {
   follow?: boolean;
   /** Give up following after this many seconds (exit 1); the run goes on. */
   timeout?: number;
+  /** Admit the run even when no live planner serves its role (`NO_PLANNER` otherwise). */
+  waitForPlanner?: boolean;
 }
 
 const TERMINAL = new Set(['completed', 'stopped', 'failed']);
@@ -41,14 +43,21 @@ export async function runCommand(
   try {
     const handle = await client.runs.start(goal, {
       ...(options.role ? { role: options.role } : {}),
+      ...(options.waitForPlanner ? { waitForPlanner: true } : {}),
       budget: {
         ...(options.budgetUsd !== undefined ? { usd: options.budgetUsd } : {}),
         ...(options.maxSteps !== undefined ? { steps: options.maxSteps } : {}),
       },
     });
     if (!options.follow) {
-      if (options.json) printJson(await handle.get());
-      else {
+      const record = await handle.get();
+      if (options.json) printJson(record);
+      else if (record.status === 'halted') {
+        // Admitted under a halt: it exists, but nothing of it runs until the halt is lifted.
+        const s = createStyle();
+        println(`${s.yellow('■ halted')} run ${s.bold(handle.id)}`);
+        printHaltNote(record);
+      } else {
         const s = createStyle();
         println(`${s.green('started')} run ${s.bold(handle.id)}`);
         println(s.dim(`  follow it:  reins trace ${handle.id}`));
@@ -169,7 +178,7 @@ function printSummary(
     if (record.answer) println(`${s.bold('answer')} ${truncate(record.answer, 2000)}`);
   } else if (record.status === 'halted') {
     println(`${s.yellow('■ halted')} after ${took} · ${spent}`);
-    println(s.dim(`  resume it with: reins resume --run ${record.runId}`));
+    printHaltNote(record);
   } else {
     const mark = record.status === 'stopped' ? s.yellow('■ stopped') : s.red('✗ failed');
     println(
@@ -178,4 +187,23 @@ function printSummary(
       }`,
     );
   }
+}
+
+/**
+ * What holds a halted run, and how to lift it: a run admitted under a halt of everything or
+ * of its role names that halt (`record.error`, `HALTED`); any other is halted on its own.
+ */
+function printHaltNote(record: RunRecord): void {
+  const s = createStyle();
+  const scope = record.error?.code === 'HALTED' ? record.error.details?.['scope'] : undefined;
+  const kind =
+    typeof scope === 'object' && scope !== null && 'kind' in scope ? scope.kind : undefined;
+  if (record.error?.code === 'HALTED') println(`  ${record.error.message}`);
+  const resume =
+    kind === 'all'
+      ? 'reins resume --all'
+      : kind === 'role'
+        ? `reins resume --role ${record.role}`
+        : `reins resume --run ${record.runId}`;
+  println(s.dim(`  resume it with: ${resume}`));
 }

@@ -65,10 +65,15 @@ export const DEFAULT_POLICY = {
   ],
 } as const;
 
-function count(v: number | undefined, name: string, dflt: number): number {
+function count(v: number | undefined, name: string, dflt: number, min = 0): number {
   const n = v ?? dflt;
-  if (!Number.isInteger(n) || n < 0 || n > 64)
-    throw usageError(`--${name} must be a whole number from 0 to 64`);
+  if (!Number.isInteger(n) || n < min || n > 64)
+    throw usageError(
+      `--${name} must be a whole number from ${min} to 64`,
+      min > 0
+        ? `a swarm without ${name} admits no run: every \`reins run\` would be refused (NO_PLANNER)`
+        : undefined,
+    );
   return n;
 }
 
@@ -254,7 +259,7 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
   const style = createStyle();
   const errStyle = createStyle(process.stderr);
   const json = options.json === true;
-  const planners = count(options.planners, 'planners', 1);
+  const planners = count(options.planners, 'planners', 1, 1);
   const executors = count(options.executors, 'executors', 1);
   const role = requireId(options.role ?? 'planner', 'role');
   const external = options.nats ?? (process.env['NATS_URL'] || undefined);

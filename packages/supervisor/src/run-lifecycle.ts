@@ -1,0 +1,107 @@
+import type { RunRecord, StopReason, WireError } from '@reins/protocol';
+import type { AuditInput } from './audit-log.js';
+import type { BudgetLedger } from './budget-ledger.js';
+import { isTerminal, type RunStore } from './run-store.js';
+
+/**
+ * How a run ended. Every way a run ends — the planner's answer or failure (`runs.end`), a
+ * budget or step cap the planner reports, a breaker, the run's wall time — is one of these,
+ * and goes through `endRun`. (A halt or a pause does not end a run: it stops it until resume;
+ * a denied or expired approval is reported to the model and the run goes on. See the table in
+ * docs/design.md.)
+ */
+export type RunOutcome =
+  | { status: 'completed'; answer?: string | undefined }
+  | { status: 'stopped'; stopReason: StopReason; error?: WireError | undefined }
+  | { status: 'failed'; stopReason?: StopReason | undefined; error?: WireError | undefined };
+
+/** What `endRun` needs of the supervisor: the run store, the ledger, the audit and traces. */
+export interface RunLifecycleContext {
+  readonly runs: RunStore;
+  readonly ledger: BudgetLedger;
+  /** Appends an audit entry (the supervisor's writer; `actor` defaults to the supervisor). */
+  audit(input: Omit<AuditInput, 'actor'> & { actor?: string }): Promise<unknown>;
+  /** Emits a trace event of the run as the supervisor. */
+  trace(runId: string, event: string, data: Record<string, unknown>): void;
+}
+
+/** What `endRun` answers: the stored terminal record, and whether this call ended the run. */
+export interface EndRunResult {
+  record: RunRecord;
+  /** True for the call that wrote the terminal record; false when the run had ended already. */
+  ended: boolean;
+}
+
+/**
+ * Ends a run, once. Writes the terminal record with compare-and-set (the first end wins; a
+ * later one — another supervisor, a planner reporting after a breaker — changes nothing and
+ * gets the stored record back), then, for the call that ended it: returns a child run's carve
+ * to its parent (what the child used is committed on the parent, the rest is free again),
+ * audits `run.end` and emits the `run.end` trace.
+ *
+ * The carve release is also retried on a repeated end (it is idempotent in the ledger): a
+ * supervisor that crashed between the record write and the release leaves the parent's
+ * budget held only until the next end of that child is reported.
+ *
+ * Throws `NotFoundError` for an unknown run and `UnavailableError` when KV or the audit log
+ * cannot be written (the record may then be terminal already; a retry completes the rest).
+ */
+export async function endRun(
+  ctx: RunLifecycleContext,
+  runId: string,
+  outcome: RunOutcome,
+  by?: { agentId?: string | undefined },
+): Promise<EndRunResult> {
+  let wrote = false;
+  const now = Date.now();
+  const record = await ctx.runs.update(runId, (r) => {
+    wrote = false;
+    if (isTerminal(r.status)) return undefined;
+    wrote = true;
+    // A terminal record carries no leftovers of the live states (a halt's note, an old error).
+    const { answer: _a, stopReason: _s, error: _e, ...rest } = r;
+    return {
+      ...rest,
+      status: outcome.status,
+      endedAt: now,
+      ...(outcome.status === 'completed' && outcome.answer !== undefined
+        ? { answer: outcome.answer }
+        : {}),
+      ...(outcome.status !== 'completed' && outcome.stopReason
+        ? { stopReason: outcome.stopReason }
+        : {}),
+      ...(outcome.status !== 'completed' && outcome.error ? { error: outcome.error } : {}),
+    };
+  });
+  if (record.parentRunId) {
+    const released = await ctx.ledger.releaseCarve(
+      `run.${record.parentRunId}`,
+      `run.${record.runId}`,
+    );
+    if (released.released) {
+      await ctx.audit({
+        action: 'release',
+        runId: record.parentRunId,
+        details: { child: record.runId, used: released.used, returned: released.returned },
+      });
+    }
+  }
+  if (!wrote) return { record, ended: false };
+  await ctx.audit({
+    action: 'run.end',
+    runId,
+    ...(by?.agentId ? { agentId: by.agentId } : {}),
+    details: {
+      status: record.status,
+      stopReason: record.stopReason,
+      ...(record.error ? { code: record.error.code } : {}),
+    },
+  });
+  ctx.trace(runId, 'run.end', {
+    status: record.status,
+    stopReason: record.stopReason,
+    answer: record.answer?.slice(0, 2000),
+    ...(record.error ? { error: record.error.message.slice(0, 500) } : {}),
+  });
+  return { record, ended: true };
+}
