@@ -275,6 +275,7 @@ export class Actor implements AsyncDisposable {
     // Make sure the server has every subscription before we say we are running: a request
     // from another connection right after start() must not meet "no responders".
     await this.runtime.serving.flush();
+    if (this.runtime.serving !== this.runtime.nc) await this.runtime.nc.flush();
     this.#setBase('running');
     void this.#heartbeat();
     this.#heartbeatTimer = setInterval(() => void this.#heartbeat(), this.runtime.heartbeatMs);

@@ -119,9 +119,9 @@ export type SecurityEvent =
     };
 
 /**
- * One NATS connection shared by every actor in a process (two in secure mode: see `nkeySeed`). It owns the subject builder, the
- * logger, the halt markers and the heartbeat timer; `start()` runs actors on it. Dispose it
- * (`await using`) to stop its actors and drain the connection.
+ * One NATS connection shared by every actor in a process (two in secure mode: see `nkeySeed`).
+ * It owns the subject builder, the logger, the halt markers and the heartbeat timer; `start()`
+ * runs actors on it. Dispose it (`await using`) to stop its actors and drain the connection.
  */
 export class Runtime implements AsyncDisposable {
   /** The connection for this process's own writes, requests, traces and subscriptions. */
