@@ -1,6 +1,7 @@
 import { DeliverPolicy, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
 import { Streams, TraceEvent, decode, isId, type TraceSubjectParts } from '@reins/protocol';
 import type { Runtime } from './runtime.js';
+import { EventQueue } from './event-queue.js';
 import { retryTransport } from './transport-retry.js';
 
 /** Where a trace subscription starts. */
@@ -94,8 +95,7 @@ async function subscribeSubject(
   let lastSeq = 0;
   let stopped = false;
   // Iterator mode: events wait here until the iterator takes them.
-  const queue: TraceEvent[] = [];
-  let wake: (() => void) | undefined;
+  const queue = new EventQueue<TraceEvent>();
 
   const parse = (data: Uint8Array): TraceEvent | undefined => {
     try {
@@ -117,7 +117,6 @@ async function subscribeSubject(
         callback(ev, { streamSeq: m.seq, subject: m.subject });
       } else {
         queue.push(ev);
-        wake?.();
       }
     }
     if (m.info.pending === 0) markCaughtUp();
@@ -218,7 +217,7 @@ async function subscribeSubject(
       signal?.removeEventListener('abort', onAbort);
       // The status iterator of nats.js can be stopped (it is typed only as an AsyncIterable).
       (status as { stop?: () => void }).stop?.();
-      wake?.();
+      queue.close();
       await messages?.close().catch(() => undefined);
       messages = undefined;
     })());
@@ -234,16 +233,7 @@ async function subscribeSubject(
     [Symbol.asyncDispose]: stop,
     async *[Symbol.asyncIterator]() {
       if (callback) throw new Error('this subscription delivers to its callback');
-      for (;;) {
-        const ev = queue.shift();
-        if (ev) {
-          yield ev;
-          continue;
-        }
-        if (stopped) return;
-        await new Promise<void>((r) => (wake = r));
-        wake = undefined;
-      }
+      yield* queue;
     },
   };
 }
@@ -284,8 +274,7 @@ async function subscribeRunTree(
     );
   };
   let stopped = false;
-  const queue: TraceEvent[] = [];
-  let wake: (() => void) | undefined;
+  const queue = new EventQueue<TraceEvent>();
   const members = new Map<string, Promise<TraceSubscription | undefined>>();
   const opened: TraceSubscription[] = [];
 
@@ -299,7 +288,6 @@ async function subscribeRunTree(
       callback(ev, meta);
     } else {
       queue.push(ev);
-      wake?.();
     }
   };
   const open = async (runId: string, start: TraceStart): Promise<TraceSubscription> => {
@@ -346,7 +334,7 @@ async function subscribeRunTree(
     (stopping ??= (async () => {
       stopped = true;
       signal?.removeEventListener('abort', onAbort);
-      wake?.();
+      queue.close();
       await Promise.all(opened.map((s) => s.stop()));
     })());
   const onAbort = () => void stop();
@@ -369,16 +357,7 @@ async function subscribeRunTree(
     [Symbol.asyncDispose]: stop,
     async *[Symbol.asyncIterator]() {
       if (callback) throw new Error('this subscription delivers to its callback');
-      for (;;) {
-        const ev = queue.shift();
-        if (ev) {
-          yield ev;
-          continue;
-        }
-        if (stopped) return;
-        await new Promise<void>((r) => (wake = r));
-        wake = undefined;
-      }
+      yield* queue;
     },
   };
 }
