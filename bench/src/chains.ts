@@ -402,6 +402,7 @@ export async function startBenchRun(client: Runtime, role: string): Promise<stri
     goal: 'benchmark governed steps',
     role,
     budget: { steps: 1_000_000_000 },
+    waitForPlanner: true, // no planner: the bench takes the steps itself
   });
   return run.runId;
 }

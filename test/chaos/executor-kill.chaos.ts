@@ -94,8 +94,12 @@ describe('chaos: executor kill -9 mid-tool', () => {
     xs.start('cx-2');
     await e.waitForAgents(3);
 
-    // The test plays the planner of a run no planner serves, so it controls each tool call.
-    const run = await e.client.runs.start('read alpha', { role: 'chaos-manual' });
+    // The test plays the planner of a run no planner serves, so it controls each tool call
+    // (admission would refuse the role with NO_PLANNER: queue it anyway).
+    const run = await e.client.runs.start('read alpha', {
+      role: 'chaos-manual',
+      waitForPlanner: true,
+    });
     await using trace = await e.trace(run.id);
     const rt = e.client.runtime;
     const key = `${run.id}.1.0`;

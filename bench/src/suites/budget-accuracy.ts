@@ -117,6 +117,7 @@ async function run(ctx: SuiteContext): Promise<Result[]> {
           goal: 'spend until the budget stops me',
           role: ROLE,
           budget: { usd: cfg.capUsd, steps: 1000 },
+          waitForPlanner: true, // no planner: the bench spends itself
         }),
       ),
     );
