@@ -139,13 +139,14 @@ export class Runtime implements AsyncDisposable {
   readonly maxPayloadBytes: number;
   readonly heartbeatMs: number;
   readonly actors = new Set<Actor>();
-  #connected = true;
+  /** Connections now down (reconnecting): the runtime counts as connected when none is. */
+  readonly #down = new Set<NatsConnection>();
   readonly supervisorDeadManMs: number;
   readonly haltWatchdogMs: number;
   #supervisorSeenAt = Date.now();
   readonly #trustedSupervisors = new Set<string>();
-  /** Last accepted heartbeat time per supervisor: a replayed (older) beat does not count. */
-  readonly #supervisorBeats = new BoundedMap<string, number>(256);
+  /** Last accepted heartbeat (time and seq) per supervisor: the same beat twice is a replay. */
+  readonly #supervisorBeats = new BoundedMap<string, string>(256);
   #supervisorWatch: { unsubscribe(): void } | undefined;
   #halts: Promise<HaltMarkers> | undefined;
   #agents: Promise<KV> | undefined;
@@ -229,7 +230,11 @@ export class Runtime implements AsyncDisposable {
         });
       } catch (err) {
         await nc.close();
-        throw err;
+        // The role's own user got in: the server knows the seed but not its serving user.
+        throw new UnavailableError(
+          'NATS accepted this seed but refused its serving user: the server config predates serving users (regenerate it with `reins keys init --keep-existing`, or createSecureConfig)',
+          { cause: err, retryable: false },
+        );
       }
     }
     const runtime = new Runtime(nc, serving, options, logger);
@@ -305,21 +310,26 @@ export class Runtime implements AsyncDisposable {
     }
     const now = Date.now();
     if (this.#trustedSupervisors.size > 0) {
+      // Dated within the dead-man window, give or take machines' clock skew (heartbeats carry
+      // the supervisor's clock): an old recording does not keep the switch off.
       const check = checkHeartbeat(hb, {
         trustedIssuers: [...this.#trustedSupervisors],
         now,
-        maxAgeMs: this.supervisorDeadManMs,
+        maxAgeMs: this.supervisorDeadManMs + CLOCK_SKEW_MS,
       });
       if (check !== 'ok') return refuse(check);
-      if (hb.ts <= (this.#supervisorBeats.get(hb.agentId) ?? 0)) return refuse('replayed');
-      this.#supervisorBeats.set(hb.agentId, hb.ts);
+      // The same beat again (a replay) does not count; a newer one, or a restarted supervisor's
+      // whose clock stepped back, does.
+      const beat = `${hb.ts}:${hb.seq ?? 0}`;
+      if (this.#supervisorBeats.get(hb.agentId) === beat) return refuse('replayed');
+      this.#supervisorBeats.set(hb.agentId, beat);
     }
     this.#supervisorSeenAt = now;
   }
 
   /** False while the connection to NATS is down (actors report it as degraded). */
   get connected(): boolean {
-    return this.#connected && !this.nc.isClosed() && !this.serving.isClosed();
+    return this.#down.size === 0 && !this.nc.isClosed() && !this.serving.isClosed();
   }
 
   /**
@@ -341,16 +351,23 @@ export class Runtime implements AsyncDisposable {
   async #watchStatus(nc: NatsConnection): Promise<void> {
     for await (const s of nc.status()) {
       if (s.type === 'disconnect') {
-        this.#connected = false;
-        this.logger.warn({ server: s.server }, 'NATS disconnected; reconnecting');
+        this.#down.add(nc);
+        this.logger.warn(
+          { server: s.server, serving: nc !== this.nc },
+          'NATS disconnected; reconnecting',
+        );
         // A reply on its way now is lost (the server is gone or no longer routes to us): fail
-        // the requests waiting for one at once instead of at their timeout.
-        for (const fail of [...this.#awaitingReply]) fail();
+        // the requests waiting for one at once instead of at their timeout. Requests travel on
+        // `nc`, so only its loss fails them.
+        if (nc === this.nc) for (const fail of [...this.#awaitingReply]) fail();
       } else if (s.type === 'reconnect') {
-        this.#connected = true;
-        this.logger.info({ server: s.server }, 'NATS reconnected');
-        this.#reconnected?.resolve();
-        this.#reconnected = undefined;
+        this.#down.delete(nc);
+        this.logger.info({ server: s.server, serving: nc !== this.nc }, 'NATS reconnected');
+        // Acks and naks wait for every connection to be back (see `whenConnected`).
+        if (this.#down.size === 0) {
+          this.#reconnected?.resolve();
+          this.#reconnected = undefined;
+        }
       }
     }
   }
@@ -524,6 +541,9 @@ export class Runtime implements AsyncDisposable {
     return this.close().then(() => undefined);
   }
 }
+
+/** Clock skew between machines tolerated in the dates of signed supervisor heartbeats. */
+const CLOCK_SKEW_MS = 30_000;
 
 function envMs(name: string): number | undefined {
   const v = process.env[name];

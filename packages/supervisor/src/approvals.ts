@@ -95,14 +95,18 @@ export class ApprovalStore {
           continue;
         }
         if (r.status !== 'pending') continue;
-        // setTimeout's limit is ~24.8 days; a later expiry is re-armed when it fires.
-        const wait = Math.min(Math.max(0, r.expiresAt - Date.now() + 1), 2 ** 31 - 1);
-        const t = setTimeout(() => {
-          timers.delete(e.key);
-          if (Date.now() > r.expiresAt) onDue(r.approvalId);
-        }, wait);
-        t.unref();
-        timers.set(e.key, t);
+        // setTimeout's limit is ~24.8 days: a later expiry is armed again when that fires.
+        const arm = () => {
+          const wait = Math.min(Math.max(0, r.expiresAt - Date.now() + 1), 2 ** 31 - 1);
+          const t = setTimeout(() => {
+            timers.delete(e.key);
+            if (Date.now() > r.expiresAt) onDue(r.approvalId);
+            else arm();
+          }, wait);
+          t.unref();
+          timers.set(e.key, t);
+        };
+        arm();
       }
     })().catch(() => undefined);
     return {

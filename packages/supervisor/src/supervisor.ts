@@ -520,8 +520,10 @@ export async function startSupervisor(
    * the refusal. Every supervisor may call this for the same decision: the task is deduplicated.
    */
   const onDecided = async (approval: { approvalId: string; runId: string }) => {
-    const run = await markRunning(approval.runId).catch(() => runs.get(approval.runId));
-    if (!run || run.status !== 'running') return;
+    // Failures throw: the caller (a decision, which the client retries; an expiry, retried
+    // below) runs this again, and the enqueue is deduplicated.
+    const run = await markRunning(approval.runId);
+    if (run.status !== 'running') return;
     await enqueue(run, `approval:${approval.approvalId}`);
   };
 
@@ -605,17 +607,23 @@ export async function startSupervisor(
     switch (rec.status) {
       case 'approved':
         return rec.decidedBy ?? 'unknown';
-      case 'pending':
+      case 'pending': {
         // The run waits for the decision without retrying: the decision (or its expiry)
         // re-enqueues it (`onDecided`).
-        await runs
-          .update(req.runId, (r) =>
-            r.status === 'running' ? { ...r, status: 'waiting_approval' } : undefined,
-          )
-          .catch((err: unknown) => logger.warn({ err, runId: req.runId }, 'run status not set'));
+        await runs.update(req.runId, (r) =>
+          r.status === 'running' ? { ...r, status: 'waiting_approval' } : undefined,
+        );
+        // A decision that came in meanwhile found the run still running: look again, so the
+        // run is not left marked waiting while it goes on.
+        const latest = await approvals.get(approvalId);
+        if (latest && latest.status !== 'pending') {
+          await markRunning(req.runId);
+          return checkApproval(a, req, argsHash, rule);
+        }
         throw new ApprovalPendingError(`${req.tool} waits for approval ${approvalId}`, {
           details: { approvalId, rule, expiresAt: rec.expiresAt },
         });
+      }
       case 'denied':
         throw new ApprovalDeniedError(
           `${req.tool} was denied by ${rec.decidedBy ?? 'a human'}${rec.reason ? `: ${rec.reason}` : ''}`,
@@ -1183,13 +1191,15 @@ export async function startSupervisor(
                 by: req.by,
                 ...(req.reason ? { reason: req.reason } : {}),
               });
-              await onDecided(updated);
             } else if (updated.status !== (req.decision === 'approve' ? 'approved' : 'denied')) {
               throw new ApprovalTimeoutError(
                 `approval ${req.approvalId} is already ${updated.status}`,
                 { details: { status: updated.status } },
               );
             }
+            // Also on a repeated decision: if the first one's re-enqueue failed, this one sends
+            // the run on (the task is deduplicated when it did not).
+            await onDecided(updated);
             return updated;
           },
           { queue: SUPERVISOR_QUEUE, reply: ApprovalRecord, runOf: () => undefined },
@@ -1352,10 +1362,17 @@ export async function startSupervisor(
 
   // An approval nobody decides expires as a denial, and its run goes on at once.
   const expiries = await approvals.watchExpiries((approvalId) => {
-    void (async () => {
-      const rec = await expire(approvalId);
-      if (rec && rec.status !== 'pending') await onDecided(rec);
-    })().catch((err: unknown) => logger.warn({ err, approvalId }, 'approval expiry failed'));
+    // Retried with backoff: a run whose expiry is lost would wait for good.
+    const attempt = (n: number): void => {
+      void (async () => {
+        const rec = await expire(approvalId);
+        if (rec && rec.status !== 'pending') await onDecided(rec);
+      })().catch((err: unknown) => {
+        logger.warn({ err, approvalId, attempt: n }, 'approval expiry failed; trying again');
+        if (n < 20) setTimeout(() => attempt(n + 1), Math.min(30_000, 500 * 2 ** n)).unref();
+      });
+    };
+    attempt(0);
   });
   actor.own(expiries);
 
