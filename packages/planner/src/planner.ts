@@ -54,6 +54,7 @@ import {
   type Actor,
   type Runtime,
   type WorkContext,
+  isRunEnded,
 } from '@reins/runtime';
 import { RunStateStore, type RunState, type StoredState } from './run-state.js';
 
@@ -410,7 +411,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
     if (!run) {
       run = await fetchRun(runId, ctx);
       if (run.status === 'halted' || run.status === 'paused') throw new Suspend();
-      if (isEnded(run)) return;
+      if (isRunEnded(run.status)) return;
       runCache.set(runId, run);
     }
 
@@ -510,7 +511,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
           // (No lease to release: this path holds none, and `handleTask` releases on failure.)
           forget(runId);
           const fresh = await fetchRun(runId, ctx);
-          if (isEnded(fresh) || fresh.status === 'halted' || fresh.status === 'paused')
+          if (isRunEnded(fresh.status) || fresh.status === 'halted' || fresh.status === 'paused')
             throw new Suspend();
           throw err;
         }
@@ -885,10 +886,6 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
 
 /** Runs (records and states) a planner remembers between steps. */
 const CACHE_RUNS = 10_000;
-
-function isEnded(run: RunRecord): boolean {
-  return run.status === 'completed' || run.status === 'stopped' || run.status === 'failed';
-}
 
 function parseCall(c: { id: string; name: string; arguments: string }): ParsedToolCall {
   try {

@@ -10,6 +10,7 @@ import {
   sha256Hex,
   type RunStatus,
 } from '@reins/protocol';
+import { isRunEnded } from '@reins/runtime';
 import { BreakerState } from './breakers.js';
 import { parse } from '@reins/protocol';
 
@@ -315,7 +316,5 @@ export class RunStore {
   }
 }
 
-/** True for statuses a run never leaves. */
-export function isTerminal(status: RunStatus): boolean {
-  return status === 'completed' || status === 'stopped' || status === 'failed';
-}
+/** True for statuses a run never leaves (the runtime's `isRunEnded`). */
+export const isTerminal: (status: RunStatus) => boolean = isRunEnded;

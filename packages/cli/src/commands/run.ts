@@ -1,6 +1,6 @@
 import type { ReinsClient, RunHandle } from '@reins/client';
 import type { BudgetReport, RunRecord, TraceEvent } from '@reins/protocol';
-import type { TraceSubscription } from '@reins/runtime';
+import { isRunEnded, type TraceSubscription } from '@reins/runtime';
 import { openClient, type CommonOptions } from '../connection.js';
 import { CliError, ExitCode } from '../errors.js';
 import { createStyle, formatDuration, formatUsd, printJson, println, truncate } from '../output.js';
@@ -17,8 +17,6 @@ export interface RunOptions extends CommonOptions {
   /** Admit the run even when no live planner serves its role (`NO_PLANNER` otherwise). */
   waitForPlanner?: boolean;
 }
-
-const TERMINAL = new Set(['completed', 'stopped', 'failed']);
 
 /** Exit code of a finished run: 0 completed, 3 stopped or halted, 1 failed. */
 export function exitCodeOf(status: string): ExitCode {
@@ -115,7 +113,7 @@ async function follow(
     // Trace events wake the loop; the record is the truth (a halted run emits no run.end).
     for (;;) {
       record = await handle.get();
-      if (TERMINAL.has(record.status) || record.status === 'halted') break;
+      if (isRunEnded(record.status) || record.status === 'halted') break;
       if (signal.aborted) {
         view.clearStatus();
         process.stderr.write(
@@ -139,7 +137,7 @@ async function follow(
       wake = undefined;
     }
     // The supervisor writes the record and emits run.end together; let the event arrive.
-    if (TERMINAL.has(record.status) && !rootEnded) {
+    if (isRunEnded(record.status) && !rootEnded) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([rootEnd, new Promise((r) => (timer = setTimeout(r, 2000)))]);
       clearTimeout(timer);
