@@ -86,7 +86,7 @@ describe('halt at scale: 1,000 agents in 4 processes', () => {
 
     // Zero grants after the halt is acknowledged.
     const authorize = () =>
-      rt.request(rt.subjects.authorize, AuthorizeRequest, Decision, {
+      rt.request(rt.subjects.authorize(run.id), AuthorizeRequest, Decision, {
         runId: run.id,
         agentId: 'p0-a1',
         role: 'swarm0',

@@ -266,8 +266,13 @@ describe('secure mode: a governed run with one restricted NATS user per role', (
 
     // What each role's user may publish, served by the supervisor.
     const attacks: Record<'planner' | 'executor' | 'client', string[]> = {
-      planner: [subjects.runsGet, subjects.authorize, subjects.settle, subjects.act],
-      executor: [subjects.settle],
+      planner: [
+        subjects.runsGet,
+        subjects.authorize('run_victim'),
+        subjects.settle('run_victim'),
+        subjects.act('run_victim'),
+      ],
+      executor: [subjects.settle('run_victim')],
       client: [subjects.runsGet, subjects.ctlHalt, subjects.ctlResume, subjects.approvalsList],
     };
     const expected = new Set<string>();

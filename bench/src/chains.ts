@@ -425,7 +425,7 @@ export function governedStep(
     step: async (i) => {
       const stepId = `s${++n}`;
       const d = await client.request(
-        subjects.authorize,
+        subjects.authorize(runId),
         AuthorizeRequest,
         Decision,
         {
@@ -440,7 +440,7 @@ export function governedStep(
         { timeoutMs: TIMEOUT_MS },
       );
       if (d.decision !== 'grant') throw new Error(`authorize: ${JSON.stringify(d)}`);
-      client.publish(subjects.settle, SettleRequest, {
+      client.publish(subjects.settle(runId), SettleRequest, {
         grantId: d.grant.grantId,
         runId,
         agentId,
@@ -448,7 +448,7 @@ export function governedStep(
         outcome: 'ok',
       });
       const r = await client.request(
-        subjects.act,
+        subjects.act(runId),
         ActRequest,
         ToolResult,
         {

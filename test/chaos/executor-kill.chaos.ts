@@ -44,7 +44,7 @@ describe('chaos: executor kill -9 mid-tool', () => {
     // The same action again (what a retrying planner sends): the surviving executor finds the
     // dead holder's expired lease on a tool that may not run twice and records outcome unknown.
     const retry = await e.client.runtime.request(
-      e.client.runtime.subjects.act,
+      e.client.runtime.subjects.act(run.id),
       ActRequest,
       ToolResult,
       {
@@ -105,7 +105,7 @@ describe('chaos: executor kill -9 mid-tool', () => {
     const key = `${run.id}.1.0`;
     const act = (timeoutMs: number) =>
       rt.request(
-        rt.subjects.act,
+        rt.subjects.act(run.id),
         ActRequest,
         ToolResult,
         {

@@ -50,7 +50,7 @@ async function run(ctx: SuiteContext): Promise<Result[]> {
       let seq = 0;
       const governed = async (runId: string) => {
         const d = await client.request(
-          client.subjects.authorize,
+          client.subjects.authorize(runId),
           AuthorizeRequest,
           Decision,
           {
@@ -67,7 +67,7 @@ async function run(ctx: SuiteContext): Promise<Result[]> {
         if (d.decision !== 'grant')
           throw new Error(`bench authorize was denied: ${JSON.stringify(d)}`);
         await client.request(
-          client.subjects.settle,
+          client.subjects.settle(runId),
           SettleRequest,
           SettleReply,
           {

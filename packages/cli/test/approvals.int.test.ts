@@ -57,7 +57,7 @@ describe('reins approvals / approve / deny', () => {
     // What a planner does: ask to act; the supervisor parks the call for a human.
     const act = async (amount: number, key: string): Promise<string> => {
       const err = await runtime
-        .request(runtime.subjects.act, ActRequest, ToolResult, {
+        .request(runtime.subjects.act(runId), ActRequest, ToolResult, {
           runId,
           agentId: 'planner-1',
           role: 'planner',

@@ -440,7 +440,7 @@ function settleLater(x: Execution, grant: Grant, runId: string, result: ToolResu
   };
   setImmediate(() => {
     try {
-      x.runtime.publish(x.runtime.subjects.settle, SettleRequest, settle);
+      x.runtime.publish(x.runtime.subjects.settle(runId), SettleRequest, settle);
     } catch (err) {
       x.actor.logger.warn({ err, grantId: grant.grantId }, 'settle publish failed');
     }

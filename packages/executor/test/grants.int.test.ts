@@ -39,7 +39,7 @@ describe('executor: grants', () => {
     await using env = await setup(t.tools);
     const settles: SettleRequest[] = [];
     const traces: TraceEvent[] = [];
-    env.client.nc.subscribe(env.client.subjects.settle, {
+    env.client.nc.subscribe(env.client.subjects.partition('*').settle, {
       callback: (_e, m) => void settles.push(decode(SettleRequest, m.data)),
     });
     env.client.nc.subscribe(env.client.subjects.trace({ runId: 'run-1' }), {

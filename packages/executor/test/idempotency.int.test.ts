@@ -17,7 +17,7 @@ describe('executor: idempotency', () => {
     const t = testTools();
     await using env = await setup(t.tools);
     const settles: SettleRequest[] = [];
-    env.client.nc.subscribe(env.client.subjects.settle, {
+    env.client.nc.subscribe(env.client.subjects.partition('*').settle, {
       callback: (_e, m) => void settles.push(decode(SettleRequest, m.data)),
     });
     await env.client.nc.flush();

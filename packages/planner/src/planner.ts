@@ -494,7 +494,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
       };
       const estimate = budgetEstimate(model, request, { usdBudget: run.budget.usd !== undefined });
       const decision = await runtime.request(
-        subjects.authorize,
+        subjects.authorize(runId),
         AuthorizeRequest,
         Decision,
         { runId, agentId: a.agentId, role, stepId, kind: 'llm', model: model.name, estimate },
@@ -727,7 +727,10 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
     };
     const sent = retryTransport(
       'settle',
-      () => runtime.request(subjects.settle, SettleRequest, SettleReply, req, { timeoutMs: 5_000 }),
+      () =>
+        runtime.request(subjects.settle(grant.runId), SettleRequest, SettleReply, req, {
+          timeoutMs: 5_000,
+        }),
       { timeoutMs: SETTLE_RETRY_MS },
     ).catch((err: unknown) => {
       runtime.logger.error(
@@ -781,7 +784,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         return done({ ok: true, output });
       }
       const res = await runtime.request(
-        subjects.act,
+        subjects.act(run.runId),
         ActRequest,
         ToolResult,
         {

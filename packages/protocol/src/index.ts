@@ -33,8 +33,12 @@ export type { ReinsErrorOptions, ReinsErrorClass } from './errors.js';
 export { ID_PATTERN, Id, isId, assertId, newId } from './ids.js';
 export {
   DEFAULT_PREFIX,
+  DEFAULT_PARTITIONS,
+  MAX_PARTITIONS,
   ANY,
+  assertPartitions,
   createSubjects,
+  partitionOf,
   scopeToken,
   scopeKey,
   assertEventName,

@@ -15,6 +15,44 @@ export type Scope =
   | { kind: 'role'; role: string }
   | { kind: 'all' };
 
+/**
+ * How many partitions run-scoped control requests are spread over (the default; a deployment
+ * sets its own with `REINS_PARTITIONS`, and every process of it must use the same number).
+ */
+export const DEFAULT_PARTITIONS = 32;
+/** The most partitions a deployment may have. */
+export const MAX_PARTITIONS = 1024;
+
+/** Returns `partitions` when it is a whole number from 1 to `MAX_PARTITIONS`; throws otherwise. */
+export function assertPartitions(partitions: unknown): number {
+  if (
+    typeof partitions !== 'number' ||
+    !Number.isInteger(partitions) ||
+    partitions < 1 ||
+    partitions > MAX_PARTITIONS
+  ) {
+    throw new ProtocolError(
+      `invalid partition count ${JSON.stringify(partitions)}: a whole number from 1 to ${MAX_PARTITIONS}`,
+      { details: { field: 'partitions' } },
+    );
+  }
+  return partitions;
+}
+
+/**
+ * The partition of a run: FNV-1a (32 bit) of the run id's UTF-8 bytes, modulo `partitions`.
+ * Stable across processes, languages and versions (an actor written in another language
+ * computes the same number), so run-scoped requests of one run always reach the same
+ * partition subject — and, on a server with subject-mapping partitions, a mapping can compute
+ * it instead.
+ */
+export function partitionOf(runId: string, partitions: number = DEFAULT_PARTITIONS): number {
+  let h = 0x811c9dc5;
+  for (const byte of utf8.encode(runId)) h = Math.imul(h ^ byte, 0x01000193) >>> 0;
+  return h % partitions;
+}
+const utf8 = new TextEncoder();
+
 /** `*` in a subscriber pattern: any single token. */
 export const ANY = '*';
 
@@ -47,13 +85,23 @@ export interface TraceSubjectParts {
  * Builds every subject Reins uses under one prefix. Ids are validated; a bad id throws a
  * `ProtocolError` (BAD_REQUEST) and is never escaped into a subject.
  */
-export function createSubjects(prefix: string = DEFAULT_PREFIX) {
+export function createSubjects(
+  prefix: string = DEFAULT_PREFIX,
+  partitions: number = DEFAULT_PARTITIONS,
+) {
   if (!PREFIX_PATTERN.test(prefix)) {
     throw new ProtocolError(`invalid subject prefix ${JSON.stringify(prefix)}`);
   }
+  assertPartitions(partitions);
   const p = prefix;
+  const sv = (runId: string, verb: string) =>
+    `${p}.sv.${partitionOf(assertId(runId, 'runId'), partitions)}.${verb}`;
   return {
     prefix: p,
+    /** How many partitions run-scoped control requests are spread over. */
+    partitions,
+    /** The partition of a run (see `partitionOf`). */
+    partitionOf: (runId: string) => partitionOf(runId, partitions),
     runsStart: `${p}.runs.start`,
     runsGet: `${p}.runs.get`,
     runsList: `${p}.runs.list`,
@@ -61,9 +109,28 @@ export function createSubjects(prefix: string = DEFAULT_PREFIX) {
     runsBudget: `${p}.runs.budget`,
     /** The planner reports a run's end (answer or stop reason). */
     runsEnd: `${p}.runs.end`,
-    authorize: `${p}.sv.authorize`,
-    settle: `${p}.sv.settle`,
-    act: `${p}.sv.act`,
+    /** May this agent make this model call? The run's partition subject `sv.<n>.authorize`. */
+    authorize: (runId: string) => sv(runId, 'authorize'),
+    /** What a granted call cost: `sv.<n>.settle` of the run's partition. */
+    settle: (runId: string) => sv(runId, 'settle'),
+    /** Run this tool call: `sv.<n>.act` of the run's partition (forwarded to an executor). */
+    act: (runId: string) => sv(runId, 'act'),
+    /**
+     * The run-scoped control subjects of partition `n` (`'*'`: every partition, a subscriber
+     * pattern): what the supervisor owning it serves.
+     */
+    partition: (n: number | typeof ANY) => {
+      if (n !== ANY && !(Number.isInteger(n) && n >= 0 && n < partitions)) {
+        throw new ProtocolError(`invalid partition ${String(n)} (0..${partitions - 1})`, {
+          details: { field: 'partition' },
+        });
+      }
+      return {
+        authorize: `${p}.sv.${n}.authorize`,
+        settle: `${p}.sv.${n}.settle`,
+        act: `${p}.sv.${n}.act`,
+      } as const;
+    },
     ctlHalt: `${p}.ctl.halt`,
     ctlResume: `${p}.ctl.resume`,
     ctlPause: `${p}.ctl.pause`,

@@ -1,5 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { ProtocolError, createSubjects, assertId, newId, isId } from '@reins/protocol';
+import {
+  DEFAULT_PARTITIONS,
+  ProtocolError,
+  createSubjects,
+  assertId,
+  newId,
+  isId,
+  partitionOf,
+} from '@reins/protocol';
 
 describe('subjects', () => {
   const s = createSubjects();
@@ -8,9 +16,11 @@ describe('subjects', () => {
     expect(s.runsStart).toBe('reins.v1.runs.start');
     expect(s.runsGet).toBe('reins.v1.runs.get');
     expect(s.runsList).toBe('reins.v1.runs.list');
-    expect(s.authorize).toBe('reins.v1.sv.authorize');
-    expect(s.settle).toBe('reins.v1.sv.settle');
-    expect(s.act).toBe('reins.v1.sv.act');
+    expect(s.authorize('r1')).toBe('reins.v1.sv.12.authorize');
+    expect(s.settle('r1')).toBe('reins.v1.sv.12.settle');
+    expect(s.act('r1')).toBe('reins.v1.sv.12.act');
+    expect(s.partition(3).act).toBe('reins.v1.sv.3.act');
+    expect(s.partition('*').authorize).toBe('reins.v1.sv.*.authorize');
     expect(s.task('planner')).toBe('reins.v1.task.planner');
     expect(s.exec('read_file')).toBe('reins.v1.exec.read_file');
     expect(s.ctlHalt).toBe('reins.v1.ctl.halt');
@@ -33,6 +43,27 @@ describe('subjects', () => {
       'reins.v1.trace.*.executor.*.tool.result',
     );
     expect(s.heartbeat()).toBe('reins.v1.hb.*.*');
+  });
+
+  it('maps a run to its partition with FNV-1a of its UTF-8 bytes, the same in every process', () => {
+    // Pinned values (any other implementation — another language's — must compute these).
+    expect(partitionOf('r1', 32)).toBe(206831020 % 32);
+    expect(partitionOf('run_abc', 32)).toBe(511415905 % 32);
+    expect(partitionOf('rün', 7)).toBe(1439690492 % 7);
+    expect(DEFAULT_PARTITIONS).toBe(32);
+    const seven = createSubjects('reins.v1', 7);
+    expect(seven.partitions).toBe(7);
+    expect(seven.authorize('run_abc')).toBe(`reins.v1.sv.${511415905 % 7}.authorize`);
+    // Runs spread over every partition.
+    const seen = new Set(Array.from({ length: 2000 }, () => s.partitionOf(newId('run'))));
+    expect(seen.size).toBe(32);
+  });
+
+  it('refuses a bad partition count, partition number or run id', () => {
+    for (const bad of [0, -1, 1.5, 1025, Number.NaN])
+      expect(() => createSubjects('reins.v1', bad)).toThrow(ProtocolError);
+    expect(() => s.partition(32)).toThrow(ProtocolError);
+    expect(() => s.authorize('a.b')).toThrow(ProtocolError);
   });
 
   it('honours a custom prefix', () => {

@@ -16,6 +16,9 @@ import {
   decode,
   UnavailableError,
   createSubjects,
+  DEFAULT_PARTITIONS,
+  ProtocolError,
+  assertPartitions,
   encode,
   type Subjects,
 } from '@reins/protocol';
@@ -36,6 +39,11 @@ export interface RuntimeOptions {
   servers?: string | string[];
   /** Subject prefix (default `reins.v1`, or `REINS_PREFIX`). */
   prefix?: string;
+  /**
+   * How many partitions run-scoped control requests are spread over (default 32, or
+   * `REINS_PARTITIONS`). Every process of a deployment must use the same number.
+   */
+  partitions?: number;
   /** Connection name shown by the server. */
   name?: string;
   logger?: Logger;
@@ -171,7 +179,10 @@ export class Runtime implements AsyncDisposable {
     this.serving = serving;
     this.replyPrefixes = checkReplyPrefixes(options.replyPrefixes ?? DEFAULT_REPLY_PREFIXES);
     this.js = jetstream(nc, { timeout: 5000 });
-    this.subjects = createSubjects(options.prefix ?? process.env['REINS_PREFIX'] ?? undefined);
+    this.subjects = createSubjects(
+      options.prefix ?? process.env['REINS_PREFIX'] ?? undefined,
+      partitionsSetting(options.partitions),
+    );
     this.logger = logger;
     this.maxPayloadBytes = options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
     this.#limits = { maxPayloadBytes: this.maxPayloadBytes };
@@ -188,6 +199,8 @@ export class Runtime implements AsyncDisposable {
    * infrastructure. Throws `UnavailableError` when NATS cannot be reached: fail closed.
    */
   static async connect(options: RuntimeOptions = {}): Promise<Runtime> {
+    // Checked before connecting: a bad setting is an error, not a connection left open.
+    options = { ...options, partitions: partitionsSetting(options.partitions) };
     const logger = options.logger ?? createLogger();
     const given = options.servers ?? process.env['NATS_URL'] ?? 'nats://127.0.0.1:4222';
     // `NATS_URL` may list a cluster: `nats://a:4222,nats://b:4222`.
@@ -544,6 +557,21 @@ export class Runtime implements AsyncDisposable {
 
 /** Clock skew between machines tolerated in the dates of signed supervisor heartbeats. */
 const CLOCK_SKEW_MS = 30_000;
+
+/** The partition count: the option, else `REINS_PARTITIONS`, else 32; a bad one throws. */
+function partitionsSetting(option: number | undefined): number {
+  const env = process.env['REINS_PARTITIONS'];
+  const value = option ?? (env === undefined || env === '' ? DEFAULT_PARTITIONS : Number(env));
+  try {
+    return assertPartitions(value);
+  } catch (err) {
+    const from = option === undefined ? `REINS_PARTITIONS=${JSON.stringify(env)}` : 'partitions';
+    throw new ProtocolError(
+      `${from}: ${(err as Error).message} (every process of a deployment must use the same number)`,
+      { details: { field: 'partitions' } },
+    );
+  }
+}
 
 function envMs(name: string): number | undefined {
   const v = process.env[name];

@@ -243,9 +243,9 @@ export function securePermissions(
         s.runsEnd,
         s.runsList,
         s.runsBudget,
-        s.authorize,
-        s.settle,
-        s.act,
+        s.partition('*').authorize,
+        s.partition('*').settle,
+        s.partition('*').act,
         ...plannerRoles.map((r) => `${p}.task.${r}`),
         ...plannerRoles.map((r) => `${p}.trace.*.${r}.>`),
         ...plannerRoles.map((r) => `${p}.hb.${r}.*`),
@@ -273,14 +273,20 @@ export function securePermissions(
   const executor: SubjectPermissions = {
     publish: {
       allow: [
-        s.settle,
+        s.partition('*').settle,
         ...executorRoles.map((r) => `${p}.trace.*.${r}.>`),
         ...executorRoles.map((r) => `${p}.hb.${r}.*`),
         kvWrite(Buckets.idem),
         ...kvRead(Buckets.idem),
         ...actorCommon,
       ],
-      deny: [...controlPlane, s.authorize, s.act, `${p}.runs.>`, kvWrite(Buckets.runs)],
+      deny: [
+        ...controlPlane,
+        s.partition('*').authorize,
+        s.partition('*').act,
+        `${p}.runs.>`,
+        kvWrite(Buckets.runs),
+      ],
     },
     subscribe: { allow: actorSubscribe('executor'), deny: [] },
   };

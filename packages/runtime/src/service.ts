@@ -16,6 +16,8 @@ export const CommaList = z.string().transform((s) =>
 export const ServiceEnv = z.object({
   NATS_URL: z.string().default('nats://127.0.0.1:4222'),
   REINS_PREFIX: z.string().optional(),
+  /** Partitions of run-scoped control requests (default 32; the same in every process). */
+  REINS_PARTITIONS: z.coerce.number().int().min(1).max(1024).optional(),
   REINS_AGENT_ID: z.string().optional(),
   /** Secure mode: this role's nkey seed (SU…), or a file holding it (docs/secure-mode.md). */
   REINS_NKEY_SEED: z.string().optional(),
@@ -62,6 +64,7 @@ export async function runService<S extends typeof ServiceEnv>(
       servers: env.NATS_URL,
       name,
       ...(env.REINS_PREFIX ? { prefix: env.REINS_PREFIX } : {}),
+      ...(env.REINS_PARTITIONS ? { partitions: env.REINS_PARTITIONS } : {}),
       ...(trusted ? { trustedSupervisors: trusted } : {}),
       ...(seed
         ? {

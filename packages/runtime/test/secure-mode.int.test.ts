@@ -65,7 +65,7 @@ describe('secure mode: per-role NATS users', () => {
     sv.nc.subscribe(`${sv.subjects.prefix}.>`, {
       callback: (_err: Error | null, m: Msg) => {
         seenBySupervisor.push(m.subject);
-        if (m.subject === sv.subjects.settle) seen();
+        if (m.subject === sv.subjects.settle('r1')) seen();
       },
     });
     await sv.nc.flush();
@@ -115,9 +115,9 @@ describe('secure mode: per-role NATS users', () => {
     ).rejects.toThrow();
     // The planner may settle: messages of one connection arrive in order, so once the settle is
     // in, nothing published before it is still on its way.
-    planner.publish(sv.subjects.settle);
+    planner.publish(sv.subjects.settle('r1'));
     await sentinel;
-    expect(seenBySupervisor).toEqual([sv.subjects.settle]);
+    expect(seenBySupervisor).toEqual([sv.subjects.settle('r1')]);
   });
 
   it('refuses ledger, halt and approval writes from a planner', async () => {
@@ -148,7 +148,11 @@ describe('secure mode: per-role NATS users', () => {
     const ledger = await new Kvm(sv.nc).open(Buckets.budget);
     expect(await ledger.get('run.r1')).toBeNull();
 
-    for (const subject of [sv.subjects.authorize, sv.subjects.act, sv.subjects.ctlHalt]) {
+    for (const subject of [
+      sv.subjects.authorize('r1'),
+      sv.subjects.act('r1'),
+      sv.subjects.ctlHalt,
+    ]) {
       const v = nextViolation(executor);
       executor.publish(subject);
       expect((await v).subject).toBe(subject);
@@ -157,7 +161,7 @@ describe('secure mode: per-role NATS users', () => {
 
   it("keeps a client off grants and exec, and every role out of another's inbox", async () => {
     const client = await connectAs('client');
-    for (const subject of [sv.subjects.authorize, sv.subjects.exec('write_file')]) {
+    for (const subject of [sv.subjects.authorize('r1'), sv.subjects.exec('write_file')]) {
       const v = nextViolation(client);
       client.publish(subject);
       expect((await v).subject).toBe(subject);

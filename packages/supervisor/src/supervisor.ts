@@ -13,6 +13,7 @@ import {
   BudgetReport,
   Buckets,
   Streams,
+  ANY,
   Decision,
   ExecuteRequest,
   HaltMarker,
@@ -899,7 +900,7 @@ export async function startSupervisor(
 
         // ── sv.authorize: model calls ────────────────────────────────────────────────────
         a.handle(
-          subjects.authorize,
+          subjects.partition(ANY).authorize,
           AuthorizeRequest,
           async (req): Promise<Decision> => {
             const deny = async (err: ReinsError, rule: string): Promise<Decision> => {
@@ -980,7 +981,7 @@ export async function startSupervisor(
 
         // ── sv.settle ────────────────────────────────────────────────────────────────────
         a.handle(
-          subjects.settle,
+          subjects.partition(ANY).settle,
           SettleRequest,
           async (req) => {
             // Tool grants cost nothing and have no ledger record (`ledger.settle` would answer
@@ -1043,7 +1044,7 @@ export async function startSupervisor(
 
         // ── sv.act: tool calls, forwarded to an executor with a signed grant ─────────────
         a.handle(
-          subjects.act,
+          subjects.partition(ANY).act,
           ActRequest,
           async (req, ctx) => {
             const run = await liveRun(req.runId, true);

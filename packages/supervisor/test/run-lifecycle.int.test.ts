@@ -127,7 +127,7 @@ describe('run lifecycle: one way to end a run', () => {
       runId,
     });
   const authorize = (runId: string, usd: number) =>
-    client.request(client.subjects.authorize, AuthorizeRequest, Decision, {
+    client.request(client.subjects.authorize(runId), AuthorizeRequest, Decision, {
       runId,
       agentId: 'lc-planner',
       role: 'planner',
@@ -142,7 +142,7 @@ describe('run lifecycle: one way to end a run', () => {
     usd: number,
     extra: Partial<z.input<typeof SettleRequest>> = {},
   ) =>
-    client.request(client.subjects.settle, SettleRequest, SettleReply, {
+    client.request(client.subjects.settle(runId), SettleRequest, SettleReply, {
       grantId,
       runId,
       agentId: 'lc-planner',
@@ -150,7 +150,7 @@ describe('run lifecycle: one way to end a run', () => {
       ...extra,
     });
   const act = (runId: string, tool: string, args: Record<string, unknown>, key: string) =>
-    client.request(client.subjects.act, ActRequest, ToolResult, {
+    client.request(client.subjects.act(runId), ActRequest, ToolResult, {
       runId,
       agentId: 'lc-planner',
       role: 'planner',

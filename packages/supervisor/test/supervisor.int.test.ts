@@ -161,7 +161,7 @@ describe('supervisor actor', () => {
     });
   const authorize = (runId: string, usd: number, agentId = 'p1') =>
     client.request(
-      client.subjects.authorize,
+      client.subjects.authorize(runId),
       AuthorizeRequest,
       Decision,
       {
@@ -181,7 +181,7 @@ describe('supervisor actor', () => {
     args: Record<string, unknown>,
     key = `${runId}:${tool}:${JSON.stringify(args).length}:${Math.random().toString(36).slice(2)}`,
   ) =>
-    client.request(client.subjects.act, ActRequest, ToolResult, {
+    client.request(client.subjects.act(runId), ActRequest, ToolResult, {
       runId,
       agentId: 'p1',
       role: 'planner',
@@ -223,16 +223,21 @@ describe('supervisor actor', () => {
       if (g.decision !== 'grant') continue;
       const usd = Math.round((0.01 + i * 0.007) * 100) / 100;
       expected += usd;
-      const r = await client.request(client.subjects.settle, SettleRequest, SettleReply, {
-        grantId: g.grant.grantId,
-        runId: run.runId,
-        agentId: 'p1',
-        actual: { usd, inputTokens: 5, outputTokens: 5, steps: 1 },
-      });
+      const r = await client.request(
+        client.subjects.settle(run.runId),
+        SettleRequest,
+        SettleReply,
+        {
+          grantId: g.grant.grantId,
+          runId: run.runId,
+          agentId: 'p1',
+          actual: { usd, inputTokens: 5, outputTokens: 5, steps: 1 },
+        },
+      );
       expect(r).toEqual({ settled: true, duplicate: false });
       // settling twice counts once
       expect(
-        await client.request(client.subjects.settle, SettleRequest, SettleReply, {
+        await client.request(client.subjects.settle(run.runId), SettleRequest, SettleReply, {
           grantId: g.grant.grantId,
           runId: run.runId,
           agentId: 'p1',
@@ -284,13 +289,18 @@ describe('supervisor actor', () => {
     // Charged in full (the call may have been made): still nothing fits.
     expect((await authorize(run.runId, 0.1)).decision).toBe('deny');
     // The holder's settle arrives after all: the run is charged what it spent.
-    const settled = await client.request(client.subjects.settle, SettleRequest, SettleReply, {
-      grantId: first.grant.grantId,
-      runId: run.runId,
-      agentId: 'p1',
-      actual: { inputTokens: 10, outputTokens: 10, usd: 0.2, steps: 1 },
-      outcome: 'ok',
-    });
+    const settled = await client.request(
+      client.subjects.settle(run.runId),
+      SettleRequest,
+      SettleReply,
+      {
+        grantId: first.grant.grantId,
+        runId: run.runId,
+        agentId: 'p1',
+        actual: { inputTokens: 10, outputTokens: 10, usd: 0.2, steps: 1 },
+        outcome: 'ok',
+      },
+    );
     expect(settled).toMatchObject({ settled: true, duplicate: false });
     expect((await authorize(run.runId, 0.1)).decision).toBe('grant');
   });
@@ -315,7 +325,7 @@ describe('supervisor actor', () => {
     // before any rule is consulted, never forwarded.
     for (const [i, tool] of ['reаd_file', 'read_fіle'].entries()) {
       const err = await client
-        .request(client.subjects.act, z.unknown(), ToolResult, {
+        .request(client.subjects.act(run.runId), z.unknown(), ToolResult, {
           runId: run.runId,
           agentId: 'p1',
           role: 'planner',
@@ -428,7 +438,7 @@ describe('supervisor actor', () => {
     const run = await start({ steps: 50 });
     const hash = 'a'.repeat(64);
     const settle = (i: number) =>
-      client.request(client.subjects.settle, SettleRequest, SettleReply, {
+      client.request(client.subjects.settle(run.runId), SettleRequest, SettleReply, {
         grantId: `tool-grant-${run.runId.slice(-12)}-${i}`,
         runId: run.runId,
         agentId: 'exec-1',
@@ -682,9 +692,9 @@ describe('supervisor actor', () => {
       client.subjects.runsList,
       client.subjects.runsBudget,
       client.subjects.runsEnd,
-      client.subjects.authorize,
-      client.subjects.settle,
-      client.subjects.act,
+      client.subjects.authorize('r1'),
+      client.subjects.settle('r1'),
+      client.subjects.act('r1'),
       client.subjects.ctlHalt,
       client.subjects.ctlResume,
       client.subjects.ctlPause,
@@ -736,7 +746,9 @@ describe('supervisor actor', () => {
       ),
     ];
     for (const h of hostile) {
-      const reply = await client.nc.request(client.subjects.authorize, pack(h), { timeout: 5000 });
+      const reply = await client.nc.request(client.subjects.authorize('r1'), pack(h), {
+        timeout: 5000,
+      });
       expect(reply.headers?.get('Reins-Error')).toBe('1');
     }
     const run = await start({ steps: 2 });
