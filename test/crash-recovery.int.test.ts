@@ -6,6 +6,10 @@ import { Buckets, decode, type TraceEvent } from '@reins/protocol';
 import { DOCS, startE2E, type E2E } from './support/e2e.js';
 import { IdempotencyRecord, idempotencyKvKey, readAudit, verifyAudit } from './support/packages.js';
 
+// Trace work as it starts too (`model.call`, `tool.start`; off by default): these scenarios crash processes while a tool or model call is in flight, seen by its start event.
+// Set before any runtime connects; spawned processes inherit it.
+process.env['REINS_TRACE_IN_FLIGHT'] = '1';
+
 const GOAL = 'Read every document in docs/ and write a report to report.md';
 
 /** Executions of write_file that really ran (not replays of a stored result). */

@@ -15,6 +15,10 @@ import {
 import { startE2E, type E2E } from './support/e2e.js';
 import { idempotencyKvKey } from './support/packages.js';
 
+// Trace work as it starts too (`model.call`, `tool.start`; off by default): these checks count the executions that started (`tool.start`), finished or not.
+// Set before any runtime connects; spawned processes inherit it.
+process.env['REINS_TRACE_IN_FLIGHT'] = '1';
+
 const RUN = 'run-e2e-direct';
 
 interface Call {

@@ -19,6 +19,10 @@ import {
   type RunHandle,
 } from '../support/packages.js';
 
+// Trace work as it starts too (`model.call`, `tool.start`; off by default): chaos scenarios time their kills and checks on work in flight.
+// Set before any runtime connects; spawned processes inherit it.
+process.env['REINS_TRACE_IN_FLIGHT'] = '1';
+
 export const GOAL = 'Read every document in docs/ and write a report to report.md';
 
 /** Every audit entry, in stream order. */

@@ -332,12 +332,10 @@ async function run(
   const base = { tool: tool.name, idempotencyKey: req.idempotencyKey };
   const started = Date.now();
   lease.start();
-  x.actor.trace(
-    req.runId,
-    'tool.start',
-    { ...base, replayed: false, takeover: o.claim.takeover, timeoutMs: o.timeoutMs },
-    o.ids,
-  );
+  const startInfo = { takeover: o.claim.takeover, timeoutMs: o.timeoutMs };
+  // In flight only on request: `tool.end` carries the same takeover and timeout.
+  if (x.runtime.traceInFlight)
+    x.actor.trace(req.runId, 'tool.start', { ...base, replayed: false, ...startInfo }, o.ids);
   const signal = AbortSignal.any([ctx.signal, lease.lost]);
   let result: ToolResult;
   // A tool that changes the world is mid-effect while it runs: a halt now leaves its outcome
@@ -420,7 +418,7 @@ async function run(
   x.actor.trace(
     req.runId,
     'tool.end',
-    { ...base, replayed: false, outcome, durationMs: Date.now() - started },
+    { ...base, replayed: false, ...startInfo, outcome, durationMs: Date.now() - started },
     o.ids,
   );
   settleLater(x, grant, req.runId, result);

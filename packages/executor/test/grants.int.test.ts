@@ -68,8 +68,11 @@ describe('executor: grants', () => {
       observationHash: sha256Hex(canonicalJson({ count: 1 })),
       actual: { usd: 0, inputTokens: 0, outputTokens: 0, steps: 0 },
     });
-    await expect.poll(() => traces.map((e) => e.event)).toEqual(['tool.start', 'tool.end']);
-    expect(traces[1]).toMatchObject({
+    // One trace event per execution by default (`tool.start` only with traceInFlight).
+    await expect.poll(() => traces.map((e) => e.event)).toEqual(['tool.end']);
+    expect(traces[0]?.data['takeover']).toBe(false);
+    expect(traces[0]?.data['timeoutMs']).toBeGreaterThan(0);
+    expect(traces[0]).toMatchObject({
       role: 'executor',
       agentId: 'executor-1',
       stepId: 'step-1',

@@ -530,11 +530,13 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         return;
       }
       const grant = decision.grant;
-      trace(
-        'model.call',
-        { model: model.name, estimate, grantId: grant.grantId },
-        { spanId: `${stepId}-m`, parentId: stepId },
-      );
+      // In flight only on request: `model.result` carries the same grant and estimate.
+      if (runtime.traceInFlight)
+        trace(
+          'model.call',
+          { model: model.name, estimate, grantId: grant.grantId },
+          { spanId: `${stepId}-m`, parentId: stepId },
+        );
       let result;
       try {
         result = await model.generate({ ...request, signal: ctx.signal });
@@ -563,6 +565,8 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         'model.result',
         {
           model: result.model,
+          grantId: grant.grantId,
+          estimate,
           usage: result.usage,
           usd,
           finishReason: result.finishReason,

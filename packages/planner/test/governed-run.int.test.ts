@@ -58,7 +58,13 @@ describe('a governed run in one process', () => {
       '# Alpha\n\nAlpha is the first document. It has words.\n',
     );
     await writeFile(join(dir, 'docs', 'b.md'), '# Beta\n\nBeta comes second.\n');
-    rt = await Runtime.connect({ servers: nats.url, logger: quiet(), heartbeatMs: 500 });
+    // `model.call` is traced too: one test halts a model call it sees in flight.
+    rt = await Runtime.connect({
+      servers: nats.url,
+      logger: quiet(),
+      heartbeatMs: 500,
+      traceInFlight: true,
+    });
     const { signer } = createGrantSigner();
     sv = await startSupervisor(rt, {
       signer,
@@ -132,7 +138,6 @@ describe('a governed run in one process', () => {
     for (const k of [
       'run.start',
       'step.start',
-      'model.call',
       'model.result',
       'tool.call',
       'tool.result',

@@ -95,6 +95,13 @@ export interface RuntimeOptions {
    * 0 turns the watchdog off). `REINS_HALT_WATCHDOG_MS` overrides.
    */
   haltWatchdogMs?: number;
+  /**
+   * Also trace work as it starts (`model.call` before a model call, `tool.start` when an
+   * executor begins a tool), not only as it ends (default false, or `REINS_TRACE_IN_FLIGHT=1`).
+   * The end events carry what the start events would (grant, estimate, takeover, timeout); the
+   * start events show work in flight live, at one more stored trace message each.
+   */
+  traceInFlight?: boolean;
 }
 
 /** Options of `Runtime.request`. */
@@ -151,6 +158,8 @@ export class Runtime implements AsyncDisposable {
   readonly #down = new Set<NatsConnection>();
   readonly supervisorDeadManMs: number;
   readonly haltWatchdogMs: number;
+  /** Whether actors trace work as it starts too (see `RuntimeOptions.traceInFlight`). */
+  readonly traceInFlight: boolean;
   #supervisorSeenAt = Date.now();
   readonly #trustedSupervisors = new Set<string>();
   /** Last accepted heartbeat (time and seq) per supervisor: the same beat twice is a replay. */
@@ -189,6 +198,7 @@ export class Runtime implements AsyncDisposable {
     this.heartbeatMs = options.heartbeatMs ?? 2000;
     this.supervisorDeadManMs = options.supervisorDeadManMs ?? envMs('REINS_DEADMAN_MS') ?? 10_000;
     this.haltWatchdogMs = options.haltWatchdogMs ?? envMs('REINS_HALT_WATCHDOG_MS') ?? 10_000;
+    this.traceInFlight = options.traceInFlight ?? process.env['REINS_TRACE_IN_FLIGHT'] === '1';
     this.trustSupervisors(options.trustedSupervisors ?? []);
     void this.#watchStatus(nc);
     if (serving !== nc) void this.#watchStatus(serving);
