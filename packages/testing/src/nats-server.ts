@@ -21,6 +21,11 @@ export interface NatsServerOptions {
   readyTimeoutMs?: number;
   /** Extra command-line arguments. */
   args?: string[];
+  /**
+   * Opt-in HTTP monitoring endpoint (`/varz`, `/jsz`, …) on a random free port of 127.0.0.1,
+   * exposed as `monitorUrl` (default false).
+   */
+  monitoring?: boolean;
 }
 
 /** A running nats-server owned by a test. Dispose it (`await using`) to remove it and its data. */
@@ -28,6 +33,8 @@ export interface NatsServer extends AsyncDisposable {
   readonly url: string;
   readonly port: number;
   readonly storeDir: string;
+  /** Base URL of the HTTP monitoring endpoint (`http://127.0.0.1:<port>`), when `monitoring`. */
+  readonly monitorUrl: string | undefined;
   /** The running process id, or undefined while it is down. */
   readonly pid: number | undefined;
   /** Stops the process (SIGTERM, then SIGKILL) and removes the temp store. */
@@ -206,9 +213,17 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     extra.push('-c', file);
   }
   extra.push(...(options.args ?? []));
+  let monitorPort = options.monitoring ? await freePort() : undefined;
   const specOn = (port: number) => ({
     bin,
-    args: ['-a', '127.0.0.1', '-p', String(port), ...extra],
+    args: [
+      '-a',
+      '127.0.0.1',
+      '-p',
+      String(port),
+      ...(monitorPort === undefined ? [] : ['-m', String(monitorPort)]),
+      ...extra,
+    ],
     url: `nats://127.0.0.1:${port}`,
     jetstream,
     readyTimeoutMs: options.readyTimeoutMs ?? 20_000,
@@ -229,6 +244,7 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
         throw err;
       }
       port = await freePort();
+      if (monitorPort !== undefined) monitorPort = await freePort();
       spec = specOn(port);
     }
   }
@@ -239,6 +255,7 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     url,
     port,
     storeDir,
+    monitorUrl: monitorPort === undefined ? undefined : `http://127.0.0.1:${monitorPort}`,
     get pid() {
       return child && child.exitCode === null && child.signalCode === null ? child.pid : undefined;
     },

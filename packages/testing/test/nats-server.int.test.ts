@@ -44,6 +44,24 @@ describe('startNatsServer', () => {
     }
   });
 
+  it('exposes the HTTP monitoring endpoint only when asked', async () => {
+    await using plain = await startNatsServer();
+    expect(plain.monitorUrl).toBeUndefined();
+    await using nats = await startNatsServer({ monitoring: true });
+    expect(nats.monitorUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    const nc = await connect({ servers: nats.url });
+    try {
+      nc.publish('counted', 'x');
+      await nc.flush();
+    } finally {
+      await nc.close();
+    }
+    const varz = (await (await fetch(`${nats.monitorUrl}/varz`)).json()) as { in_msgs: number };
+    expect(varz.in_msgs).toBeGreaterThanOrEqual(1);
+    const jsz = (await (await fetch(`${nats.monitorUrl}/jsz`)).json()) as { config?: unknown };
+    expect(jsz.config).toBeDefined();
+  });
+
   it('leaves no process and no temp dir after dispose', async () => {
     let pid: number | undefined;
     let dir: string;
