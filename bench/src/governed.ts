@@ -46,8 +46,27 @@ export function noopTool(name = 'bench_noop'): AnyTool {
   });
 }
 
+/** The peers workload's tool (issue 17): `add` two numbers (effect `read`, idempotent). */
+export function addTool(): AnyTool {
+  return defineTool({
+    name: 'add',
+    description: 'Adds two numbers.',
+    input: z.object({ a: z.number(), b: z.number() }),
+    output: z.object({ sum: z.number() }),
+    effect: 'read',
+    idempotent: true,
+    run: (args) => ({ sum: args.a + args.b }),
+  });
+}
+
+/** Arguments the loop model passes on each turn, by tool name (`{ i: turn }` otherwise). */
+function loopArgs(tool: string, turn: number): Record<string, unknown> {
+  return tool === 'add' ? { a: turn, b: 1 } : { i: turn };
+}
+
 /**
- * A scripted zero-latency model that calls `tool` with `{ i: turn }` on every turn before
+ * A scripted zero-latency model that calls `tool` with `{ i: turn }` (`add`: `{ a: turn, b: 1 }`)
+ * on every turn before
  * `steps` − 1 and answers on turn `steps` − 1 (so a run has exactly `steps` planner steps).
  * `steps: Infinity` never answers (for runs stopped by budget or halt).
  */
@@ -55,7 +74,7 @@ export function loopModel(options: { tool: string; steps: number; price?: ModelP
   const respond = (_c: unknown, ctx: { turn: number }): ScriptedTurn =>
     ctx.turn + 1 >= options.steps
       ? { content: `done after ${ctx.turn + 1} steps` }
-      : { toolCalls: [{ name: options.tool, args: { i: ctx.turn } }] };
+      : { toolCalls: [{ name: options.tool, args: loopArgs(options.tool, ctx.turn) }] };
   return createScriptedModel({
     respond,
     ...(options.price ? { price: options.price } : {}),
@@ -102,6 +121,8 @@ export function benchPolicy(tools: readonly AnyTool[]) {
 export interface ProcessDeployment {
   /** A runtime in this process for the benchmark's own requests. */
   readonly client: Runtime;
+  /** Process id of each role's process. */
+  readonly pids: Readonly<Record<'supervisor' | 'executor' | 'planner', number>>;
   close(): Promise<void>;
 }
 
@@ -112,11 +133,12 @@ export interface ProcessDeployment {
  */
 export async function deployProcesses(
   url: string,
-  options: { taskRole: string; steps: number; concurrency: number },
+  options: { taskRole: string; steps: number; concurrency: number; tool?: 'noop' | 'add' },
 ): Promise<ProcessDeployment> {
   const { seed } = createGrantSigner();
   const script = fileURLToPath(new URL('./role-process.js', import.meta.url));
   const children: ChildProcess[] = [];
+  const pids = { supervisor: 0, executor: 0, planner: 0 };
   const stopAll = async () => {
     await Promise.all(
       children.map(
@@ -142,6 +164,7 @@ export async function deployProcesses(
         { stdio: ['ignore', 'pipe', 'pipe'] },
       );
       children.push(child);
+      pids[role] = child.pid ?? 0;
       await new Promise<void>((resolve, reject) => {
         let err = '';
         child.stderr?.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-4000)));
@@ -154,6 +177,7 @@ export async function deployProcesses(
     const client = await connectRuntime(url, 'bench-client');
     return {
       client,
+      pids,
       close: async () => {
         await client.close().catch(() => undefined);
         await stopAll();

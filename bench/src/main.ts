@@ -8,7 +8,10 @@ import { markdown, memoryDelta, memorySample, writeReport } from './report.js';
 import { suites } from './suites/index.js';
 import type { Check, Figure, RunReport, SuiteContext, SuiteReport } from './types.js';
 
-const USAGE = `usage: node bench/dist/main.js [--quick] [--only <suite>]
+const USAGE = `usage: node bench/dist/main.js [--quick] [--only <suite>[,<suite>…]] [--skip-postgres]
+  --quick          smaller iteration counts (the smoke run)
+  --only           run only these suites
+  --skip-postgres  leave out the peers suite's LangGraph + PostgresSaver row (no cluster started)
 suites: ${suites.map((s) => s.name).join(', ')}`;
 
 const RESULTS_DIR = fileURLToPath(new URL('../results/', import.meta.url));
@@ -33,6 +36,7 @@ async function main(): Promise<void> {
     options: {
       quick: { type: 'boolean', default: false },
       only: { type: 'string' },
+      'skip-postgres': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -40,8 +44,10 @@ async function main(): Promise<void> {
     console.log(USAGE);
     return;
   }
-  const selected = values.only ? suites.filter((s) => s.name === values.only) : suites;
-  if (selected.length === 0) throw new Error(`unknown suite "${values.only ?? ''}"\n${USAGE}`);
+  const only = values.only?.split(',').map((name) => name.trim());
+  const unknown = only?.filter((name) => !suites.some((s) => s.name === name)) ?? [];
+  if (unknown.length > 0) throw new Error(`unknown suite "${unknown.join(', ')}"\n${USAGE}`);
+  const selected = only ? suites.filter((s) => only.includes(s.name)) : suites;
   const quick = values.quick;
   const cpuList = cpus();
   const report: RunReport = {
@@ -63,13 +69,15 @@ async function main(): Promise<void> {
   const ctx: SuiteContext = {
     natsUrl: nats.url,
     quick,
+    skipPostgres: values['skip-postgres'],
     log: (message) => console.error(`  ${message}`),
     gc: collect,
     check: (ok, message) => {
       checks.push({ ok, message });
       if (!ok) console.error(`  INVARIANT BROKEN: ${message}`);
     },
-    figure: (metric, value, unit) => figures.push({ metric, value, unit }),
+    figure: (metric, value, unit, target) =>
+      figures.push({ metric, value, unit, ...(target ? { target } : {}) }),
   };
   for (const suite of selected) {
     console.error(`${suite.name}: ${suite.description}`);

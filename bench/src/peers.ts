@@ -1,4 +1,9 @@
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { BaseMessage } from '@langchain/core/messages';
+import type { ChatResult } from '@langchain/core/outputs';
+import type { BaseCheckpointSaver } from '@langchain/langgraph';
+import type { Model } from '@openai/agents';
 import { z } from 'zod';
 
 /**
@@ -25,6 +30,40 @@ export const PEER_LABELS: Record<PeerFramework | 'reins', string> = {
   'langgraph-postgres': 'LangGraph + PostgresSaver (fsync on)',
   reins: 'Reins (process per role)',
 };
+
+/** What `peer-process.js` is told to measure (its one argument, as JSON). */
+export const PeerConfig = z.object({
+  framework: z.enum(PEER_FRAMEWORKS),
+  /** Tool-call turns per run. */
+  n: z.number().int().positive(),
+  /** Measured runs, after `warmup` unmeasured ones. */
+  runs: z.number().int().positive(),
+  warmup: z.number().int().nonnegative(),
+  pgUrl: z.string().optional(),
+});
+export type PeerConfig = z.infer<typeof PeerConfig>;
+
+export const PeerOutcome = z.object({
+  /** Wall time of the measured runs ÷ their tool-call turns. */
+  usPerStep: z.number(),
+  /** Runs whose tool calls were not exactly N. */
+  wrongRuns: z.number().int(),
+  /** Resident set size after the runs, and its peak (bytes). */
+  rssBytes: z.number(),
+  peakRssBytes: z.number(),
+});
+export type PeerOutcome = z.infer<typeof PeerOutcome>;
+
+/** A field of /proc/self/status in bytes (VmRSS, VmHWM), or 0 where there is none. */
+export function procStatusBytes(pid: number | 'self', field: 'VmRSS' | 'VmHWM'): number {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kb = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)?.[1];
+    return kb === undefined ? 0 : Number(kb) * 1024;
+  } catch {
+    return 0;
+  }
+}
 
 /** One framework ready to run the workload. */
 export interface PeerWorkload {
@@ -56,7 +95,7 @@ async function openaiAgents(): Promise<PeerWorkload> {
   });
   const usage = () => new agents.Usage({ requests: 1, inputTokens: 1, outputTokens: 1 });
   /** The number of tool results in the conversation so far is the turn number. */
-  const model = (n: number): import('@openai/agents').Model => ({
+  const model = (n: number): Model => ({
     getResponse(request) {
       const input = typeof request.input === 'string' ? [] : request.input;
       const turn = input.filter((i) => i.type === 'function_call_result').length;
@@ -94,9 +133,15 @@ async function openaiAgents(): Promise<PeerWorkload> {
   return {
     async runOnce(n) {
       calls = 0;
-      const agent = new agents.Agent({ name: 'bench', instructions: 'Add.', model: model(n), tools: [add] });
+      const agent = new agents.Agent({
+        name: 'bench',
+        instructions: 'Add.',
+        model: model(n),
+        tools: [add],
+      });
       const result = await runner.run(agent, 'add numbers', { maxTurns: n + 5 });
-      if (result.finalOutput !== answer(n)) throw new Error(`unexpected answer ${String(result.finalOutput)}`);
+      if (result.finalOutput !== answer(n))
+        throw new Error(`unexpected answer ${String(result.finalOutput)}`);
       return calls;
     },
     close: () => Promise.resolve(),
@@ -117,8 +162,6 @@ async function langgraph(checkpointing: Checkpointing): Promise<PeerWorkload> {
   const { tool } = await import('@langchain/core/tools');
   const { createReactAgent } = await import('@langchain/langgraph/prebuilt');
   const { MemorySaver } = await import('@langchain/langgraph');
-  type Messages = import('@langchain/core/messages').BaseMessage[];
-  type ChatResult = import('@langchain/core/outputs').ChatResult;
 
   let n = 0;
   let calls = 0;
@@ -129,7 +172,7 @@ async function langgraph(checkpointing: Checkpointing): Promise<PeerWorkload> {
     override bindTools(): this {
       return this;
     }
-    _generate(messages: Messages): Promise<ChatResult> {
+    _generate(messages: BaseMessage[]): Promise<ChatResult> {
       const turn = messages.filter((m) => ToolMessage.isInstance(m)).length;
       const message =
         turn < n
@@ -148,7 +191,7 @@ async function langgraph(checkpointing: Checkpointing): Promise<PeerWorkload> {
     },
     { name: 'add', description: 'Adds two numbers.', schema: AddArgs },
   );
-  let checkpointer: import('@langchain/langgraph').BaseCheckpointSaver | undefined;
+  let checkpointer: BaseCheckpointSaver | undefined;
   let close = () => Promise.resolve();
   if (checkpointing.kind === 'memory') checkpointer = new MemorySaver();
   if (checkpointing.kind === 'postgres') {

@@ -85,7 +85,8 @@ export async function startPostgres(): Promise<PgCluster> {
     };
   } catch (err) {
     const serverLog = await readFile(log, 'utf8').catch(() => '');
-    if (started) await exec(pgCtl, ['-D', data, '-m', 'immediate', 'stop'], as).catch(() => undefined);
+    if (started)
+      await exec(pgCtl, ['-D', data, '-m', 'immediate', 'stop'], as).catch(() => undefined);
     await rm(dir, { recursive: true, force: true });
     const detail = err instanceof Error ? err.message : String(err);
     throw new Error(`PostgreSQL could not be started: ${detail}\n${serverLog.slice(-2000)}`, {

@@ -2,7 +2,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { chartSvg } from './chart.js';
 import { meetsTarget } from './compare.js';
-import type { MemorySample, Result, RunReport } from './types.js';
+import type { Figure, MemorySample, Result, RunReport } from './types.js';
 
 function formatValue(value: number, unit: string): string {
   if (!Number.isFinite(value)) return 'n/a';
@@ -24,13 +24,19 @@ function verdict(r: Result): string {
   return `${r.better === 'lower' ? '≤' : '≥'} ${r.target?.toFixed(2) ?? ''}× ${ok ? 'ok' : 'MISSED'}`;
 }
 
+function figureVerdict(f: Figure): string {
+  if (!f.target) return '';
+  const ok = f.target.better === 'lower' ? f.value <= f.target.value : f.value >= f.target.value;
+  return `${f.target.better === 'lower' ? '≤' : '≥'} ${f.target.value.toLocaleString('en-US')} ${ok ? 'ok' : 'MISSED'}`;
+}
+
 /** The run as a markdown table, one row per figure, then memory per suite. */
 export function markdown(report: RunReport): string {
   const lines = [
     `Reins benchmarks (${report.mode}), node ${report.environment.node}, nats-server ` +
       `${report.environment.natsServer}, ${report.environment.cpus} × ${report.environment.cpuModel}`,
     '',
-    '| suite | metric | raw NATS | Reins | reins / raw (median of rounds) | target |',
+    '| suite | metric | baseline (raw NATS unless named) | Reins | reins / baseline (median of rounds) | target |',
     '| --- | --- | ---: | ---: | ---: | --- |',
   ];
   for (const s of report.suites) {
@@ -43,9 +49,15 @@ export function markdown(report: RunReport): string {
   }
   const figures = report.suites.flatMap((s) => s.figures.map((f) => ({ suite: s.name, f })));
   if (figures.length > 0) {
-    lines.push('', '| suite | figure (no raw baseline) | value |', '| --- | --- | ---: |');
+    lines.push(
+      '',
+      '| suite | figure (no raw baseline) | value | target |',
+      '| --- | --- | ---: | --- |',
+    );
     for (const { suite, f } of figures)
-      lines.push(`| ${suite} | ${f.metric} | ${formatValue(f.value, f.unit)} |`);
+      lines.push(
+        `| ${suite} | ${f.metric} | ${formatValue(f.value, f.unit)} | ${figureVerdict(f)} |`,
+      );
   }
   const checks = report.suites.flatMap((s) => s.checks.map((c) => ({ suite: s.name, c })));
   if (checks.length > 0) {

@@ -4,7 +4,7 @@ import { startExecutor } from '@reins/executor';
 import { startPlanner } from '@reins/planner';
 import { startSupervisor } from '@reins/supervisor';
 import { z } from 'zod';
-import { benchPolicy, connectRuntime, loopModel, noopTool } from './governed.js';
+import { addTool, benchPolicy, connectRuntime, loopModel, noopTool } from './governed.js';
 
 /**
  * One role of a governed deployment in its own process, as production runs them:
@@ -21,13 +21,15 @@ export const RoleConfig = z.object({
   /** Planner: steps per run of the loop model, and tasks at once. */
   steps: z.number().int().positive(),
   concurrency: z.number().int().positive(),
+  /** The tool the executor serves and the loop model calls (default the no-op tool). */
+  tool: z.enum(['noop', 'add']).default('noop'),
 });
 export type RoleConfig = z.infer<typeof RoleConfig>;
 
 async function main(): Promise<void> {
   const cfg = RoleConfig.parse(JSON.parse(process.argv[2] ?? '{}'));
   const signer = grantSignerFromSeed(cfg.seed);
-  const tool = noopTool();
+  const tool = cfg.tool === 'add' ? addTool() : noopTool();
   const rt = await connectRuntime(cfg.url, `bench-${cfg.role}`);
   let stop: () => Promise<unknown> = () => Promise.resolve();
   if (cfg.role === 'supervisor') {

@@ -4,6 +4,8 @@ export interface SuiteContext {
   natsUrl: string;
   /** Smaller iteration counts, for CI and local checks (well under a minute in all). */
   quick: boolean;
+  /** `--skip-postgres`: leave out figures that need a PostgreSQL cluster (the peers suite's). */
+  skipPostgres: boolean;
   /** Progress line on stderr (the table goes to stdout). */
   log(message: string): void;
   /** A full garbage collection (for heap figures that compare live memory). */
@@ -13,8 +15,17 @@ export interface SuiteContext {
    * exit non-zero; timings never do.
    */
   check(ok: boolean, message: string): void;
-  /** Records a figure that has no raw NATS counterpart (heap growth, overshoot ratio…). */
-  figure(metric: string, value: number, unit: string): void;
+  /**
+   * Records a figure that has no raw NATS counterpart (heap growth, overshoot ratio…), with the
+   * absolute target the issue sets for it, if any (printed ok/MISSED; never fails the run).
+   */
+  figure(metric: string, value: number, unit: string, target?: FigureTarget): void;
+}
+
+/** An absolute target of a figure: at most (`lower`) or at least (`higher`) `value`. */
+export interface FigureTarget {
+  better: Better;
+  value: number;
 }
 
 /** A figure without a raw NATS baseline (memory, accuracy). */
@@ -22,6 +33,7 @@ export interface Figure {
   metric: string;
   value: number;
   unit: string;
+  target?: FigureTarget;
 }
 
 /** An invariant a suite checked. */

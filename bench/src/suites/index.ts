@@ -4,6 +4,7 @@ import { budgetAccuracy } from './budget-accuracy.js';
 import { governedStepSuite } from './governed-step.js';
 import { haltAll } from './halt-all.js';
 import { idleAgents } from './idle-agents.js';
+import { peers } from './peers.js';
 import { haltLatency } from './halt-latency.js';
 import { requestReply } from './request-reply.js';
 import { runResult } from './run-result.js';
@@ -22,4 +23,5 @@ export const suites: readonly Suite[] = [
   haltAll,
   budgetAccuracy,
   idleAgents,
+  peers,
 ];
