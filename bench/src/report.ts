@@ -27,7 +27,7 @@ function verdict(r: Result): string {
 function figureVerdict(f: Figure): string {
   if (!f.target) return '';
   const ok = f.target.better === 'lower' ? f.value <= f.target.value : f.value >= f.target.value;
-  return `${f.target.better === 'lower' ? '≤' : '≥'} ${f.target.value.toLocaleString('en-US')} ${ok ? 'ok' : 'MISSED'}`;
+  return `${f.target.better === 'lower' ? '≤' : '≥'} ${formatValue(f.target.value, f.unit)} ${ok ? 'ok' : 'MISSED'}`;
 }
 
 /** The run as a markdown table, one row per figure, then memory per suite. */

@@ -8,6 +8,7 @@ import { peers } from './peers.js';
 import { haltLatency } from './halt-latency.js';
 import { requestReply } from './request-reply.js';
 import { runResult } from './run-result.js';
+import { stepCost } from './step-cost.js';
 import { stepsPerRun } from './steps-per-run.js';
 import { throughput } from './throughput.js';
 
@@ -24,4 +25,5 @@ export const suites: readonly Suite[] = [
   budgetAccuracy,
   idleAgents,
   peers,
+  stepCost,
 ];
