@@ -158,7 +158,7 @@ async function run(ctx: SuiteContext): Promise<Result[]> {
       for (const [side, xs] of perStep) {
         ctx.figure(`µs/step at N = ${n}: ${PEER_LABELS[side]}`, median(xs), 'µs');
         ctx.figure(
-          `RSS at N = ${n}: ${PEER_LABELS[side]}${side === 'reins' ? ' (3 processes, without nats-server)' : ''}`,
+          `RSS at N = ${n}: ${side === 'reins' ? 'Reins (sum of its 3 role processes, without nats-server)' : PEER_LABELS[side]}`,
           median(rss.get(side) ?? []) / MiB,
           'MiB',
         );
