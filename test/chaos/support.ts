@@ -7,7 +7,6 @@ import { expect } from 'vitest';
 import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Buckets, decode, type AuditEntry, type RunRecord, type TraceEvent } from '@reins/protocol';
-import { BudgetLedger } from '@reins/supervisor';
 import { syncAlwaysConfig } from '@reins/runtime';
 import { natsServerVersion } from '@reins/testing';
 import { DOCS, startE2E, waitFor, type E2E } from '../support/e2e.js';
@@ -30,11 +29,6 @@ export async function auditEntries(nc: NatsConnection): Promise<AuditEntry[]> {
   const entries: AuditEntry[] = [];
   for await (const entry of readAudit(nc)) entries.push(entry);
   return entries;
-}
-
-/** The budget ledger, read straight from KV (the test's own handle; it reserves nothing). */
-export function openLedger(nc: NatsConnection, replicas = 1): Promise<BudgetLedger> {
-  return BudgetLedger.open(nc, { replicas });
 }
 
 /** The stored idempotency record of an idempotency key, read straight from KV. */
@@ -138,20 +132,29 @@ export function resultAcrossOutage(e: E2E, run: RunHandle, timeoutMs = 90_000): 
   });
 }
 
-/** Waits until every open reservation of a scope is gone (settled or reaped). */
-export async function waitForNoReservations(
-  ledger: BudgetLedger,
-  scope: string,
-  diagnostics: () => string,
-): Promise<void> {
+/** A run's budget as `reins budget` shows it: cap, committed, reserved (from its partition's owner). */
+export function budgetOf(e: E2E, runId: string) {
+  return e.client.runs.handle(runId).budget();
+}
+
+/** Waits until every open reservation of a run is gone (settled or reaped). */
+export async function waitForNoReservations(e: E2E, runId: string): Promise<void> {
   await waitFor(
-    async () => {
-      const s = await ledger.get(scope);
-      return s.reservations === 0 && Object.values(s.reserved).every((v) => v === 0);
-    },
-    `no open reservations on ${scope}`,
-    { timeoutMs: 30_000, intervalMs: 200, diagnostics },
+    async () => Object.values((await budgetOf(e, runId)).reserved).every((v) => v === 0),
+    `no open reservations on run ${runId}`,
+    { timeoutMs: 30_000, intervalMs: 200, diagnostics: () => e.diagnostics() },
   );
+}
+
+/**
+ * The supervisor that owned a partition's chain when it wrote entry `seq`: the actor of the
+ * last `partition.acquire` before it.
+ */
+export function ownerAt(entries: readonly AuditEntry[], writer: string, seq: number): string {
+  const acquire = entries
+    .filter((a) => a.writer === writer && a.action === 'partition.acquire' && a.seq < seq)
+    .at(-1);
+  return acquire?.actor ?? writer;
 }
 
 const chaosExecutorMain = fileURLToPath(new URL('./fixtures/chaos-executor.ts', import.meta.url));
@@ -232,10 +235,9 @@ export async function natsRestartScenario(): Promise<void> {
   const run = await e.client.runs.start(GOAL, { role: 'researcher', budget: { steps: 20 } });
   await using trace = await e.trace(run.id);
   const nc = e.client.runtime.nc;
-  const ledger = await openLedger(nc);
   await trace.waitFor((ev) => ev.event === 'model.result' && ev.stepId === 's2', 'model.result s2');
   // What was acknowledged before the crash.
-  const before = await ledger.get(`run.${run.id}`);
+  const before = await budgetOf(e, run.id);
   const auditBefore = await auditEntries(nc);
   expect(before.committed.steps).toBeGreaterThanOrEqual(1);
 
@@ -252,7 +254,7 @@ export async function natsRestartScenario(): Promise<void> {
   const hashes = new Set(auditAfter.map((a) => a.hash));
   const lost = auditBefore.filter((a) => !hashes.has(a.hash));
   expect(lost, 'acknowledged audit entries lost in the crash').toEqual([]);
-  const after = await ledger.get(`run.${run.id}`);
+  const after = await budgetOf(e, run.id);
   for (const k of ['steps', 'inputTokens', 'outputTokens', 'usd'] as const) {
     expect(after.committed[k], `committed ${k} never decreases`).toBeGreaterThanOrEqual(
       before.committed[k],
@@ -284,12 +286,15 @@ export async function supervisorKillScenario(): Promise<void> {
     (ev) => ev.event === 'model.call' && ev.stepId === 's2',
     'model.call s2',
   );
-  // Kill the instance that granted (and reserved for) the model call now running.
+  // Kill the instance that granted (and reserved for) the model call now running: the owner
+  // of the run's partition, whose chain holds the grant.
   const grantId = call.data['grantId'];
   const issuer = await waitFor(
-    async () =>
-      (await auditEntries(nc)).find((a) => a.action === 'grant' && a.details['grantId'] === grantId)
-        ?.writer,
+    async () => {
+      const entries = await auditEntries(nc);
+      const grant = entries.find((a) => a.action === 'grant' && a.details['grantId'] === grantId);
+      return grant && ownerAt(entries, grant.writer, grant.seq);
+    },
     `audit entry of grant ${String(grantId)}`,
   );
   await e.swarm.kill(issuer, 'SIGKILL');
@@ -304,10 +309,8 @@ export async function supervisorKillScenario(): Promise<void> {
   const { llm } = expectNoDoubleGrant(entries, trace.events, run.id);
   expect(llm.length).toBeGreaterThanOrEqual(4);
 
-  const ledger = await openLedger(nc);
-  const scope = `run.${run.id}`;
-  await waitForNoReservations(ledger, scope, () => e.diagnostics());
-  const s = await ledger.get(scope);
+  await waitForNoReservations(e, run.id);
+  const s = await budgetOf(e, run.id);
   expect(s.committed.steps).toBeLessThanOrEqual(20);
   // Every model call that ran was settled once (the killed issuer's by the survivor).
   const calls = trace.events.filter((ev) => ev.event === 'model.call').length;

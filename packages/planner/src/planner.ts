@@ -545,7 +545,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         // worst case. A refused call (auth, rate limit, bad request) cost nothing.
         const cutOff =
           err instanceof ReinsError && (err.code === 'ABORTED' || err.code === 'TIMEOUT');
-        settle(
+        void settle(
           a,
           grant,
           cutOff
@@ -560,7 +560,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         throw err;
       }
       const usd = costOrZero(model, result.usage);
-      settle(a, grant, { ...result.usage, usd }, 'ok');
+      const settled = settle(a, grant, { ...result.usage, usd }, 'ok');
       trace(
         'model.result',
         {
@@ -592,6 +592,9 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         );
         if (saved === undefined) return superseded();
         trace('step.end', { step: stepNo, final: true });
+        // The last call's actual cost is counted before the end is reported, so the run's
+        // record says what it really used (a settle after the end is corrected later).
+        await settled;
         await endRun(a, runId, 'completed', { answer });
         forget(runId);
         return;
@@ -721,7 +724,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
     grant: Grant,
     actual: { inputTokens: number; outputTokens: number; usd: number },
     outcome: 'ok' | 'error',
-  ): void {
+  ): Promise<void> {
     const req = {
       grantId: grant.grantId,
       runId: grant.runId,
@@ -743,6 +746,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
       );
     });
     a.background(sent);
+    return sent.then(() => undefined);
   }
 
   async function runToolCall(

@@ -129,6 +129,12 @@ export function createSubjects(
         authorize: `${p}.sv.${n}.authorize`,
         settle: `${p}.sv.${n}.settle`,
         act: `${p}.sv.${n}.act`,
+        /** Between supervisors: admit a child run of a run of this partition (carved here). */
+        start: `${p}.sv.${n}.start`,
+        /** Between supervisors: end a run of this partition (`runs.end`, forwarded). */
+        end: `${p}.sv.${n}.end`,
+        /** Between supervisors: the budgets of live runs of this partition. */
+        usage: `${p}.sv.${n}.usage`,
       } as const;
     },
     ctlHalt: `${p}.ctl.halt`,
@@ -212,6 +218,8 @@ export const Buckets = {
   approvals: 'reins_approvals',
   /** Each audit writer's signed chain head (key = writer id, with history). */
   auditAnchors: 'reins_audit_anchors',
+  /** Run partitions: supervisor memberships, partition leases and state checkpoints. */
+  partitions: 'reins_partitions',
 } as const;
 
 /** Header names on every Reins message. */

@@ -18,6 +18,7 @@ import {
   createSubjects,
   DEFAULT_PARTITIONS,
   ProtocolError,
+  ReinsError,
   assertPartitions,
   encode,
   type Subjects,
@@ -110,6 +111,14 @@ export interface RequestOptions {
   timeoutMs?: number;
   /** Abort the wait: `AbortedError`. */
   signal?: AbortSignal;
+  /**
+   * A run-scoped control request (`<prefix>.sv.<n>.…`) that finds no supervisor owning its
+   * partition (none yet, or the owner just changed: `no responders`, or `partitionMoved`) is
+   * sent again, with backoff, for up to this long (default 15 s: a partition's takeover takes
+   * at most its lease, 5 s by default). Such a request reached no one, or was refused before
+   * it took effect, so sending it again is safe. 0 turns it off.
+   */
+  ownerWaitMs?: number;
 }
 
 /** Something a hostile or broken peer tried that the runtime refused. */
@@ -158,6 +167,8 @@ export class Runtime implements AsyncDisposable {
   readonly #down = new Set<NatsConnection>();
   readonly supervisorDeadManMs: number;
   readonly haltWatchdogMs: number;
+  /** Subjects of run-scoped control requests start with this (see `RequestOptions.ownerWaitMs`). */
+  readonly #partitionPrefix: string;
   /** Whether actors trace work as it starts too (see `RuntimeOptions.traceInFlight`). */
   readonly traceInFlight: boolean;
   #supervisorSeenAt = Date.now();
@@ -192,6 +203,7 @@ export class Runtime implements AsyncDisposable {
       options.prefix ?? process.env['REINS_PREFIX'] ?? undefined,
       partitionsSetting(options.partitions),
     );
+    this.#partitionPrefix = `${this.subjects.prefix}.sv.`;
     this.logger = logger;
     this.maxPayloadBytes = options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
     this.#limits = { maxPayloadBytes: this.maxPayloadBytes };
@@ -440,6 +452,30 @@ export class Runtime implements AsyncDisposable {
     options: RequestOptions = {},
   ): Promise<z.output<Res>> {
     const data = encode(requestSchema, payload, this.#limits);
+    const waitMs = subject.startsWith(this.#partitionPrefix) ? (options.ownerWaitMs ?? 15_000) : 0;
+    const until = Date.now() + waitMs;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.#requestOnce(subject, data, requestSchema, responseSchema, options);
+      } catch (err) {
+        const noOwner =
+          err instanceof ReinsError &&
+          err.code === 'UNAVAILABLE' &&
+          (err.details?.['noResponders'] === true || err.details?.['partitionMoved'] !== undefined);
+        const pause = Math.min(250, 50 * 2 ** attempt);
+        if (!noOwner || options.signal?.aborted || Date.now() + pause > until) throw err;
+        await new Promise((r) => setTimeout(r, pause));
+      }
+    }
+  }
+
+  async #requestOnce<Req extends z.ZodType, Res extends z.ZodType>(
+    subject: string,
+    data: Uint8Array,
+    requestSchema: Req,
+    responseSchema: Res,
+    options: RequestOptions,
+  ): Promise<z.output<Res>> {
     const signal = options.signal;
     if (signal?.aborted)
       throw new AbortedError('request aborted before it was sent', { cause: signal.reason });

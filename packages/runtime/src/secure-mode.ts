@@ -209,6 +209,7 @@ export function securePermissions(
     kvWrite(Buckets.halts),
     kvWrite(Buckets.approvals),
     kvWrite(Buckets.auditAnchors),
+    kvWrite(Buckets.partitions),
     `${api}.CONSUMER.DELETE.>`,
     `${api}.CONSUMER.DURABLE.CREATE.>`,
     ...jsAdmin(),

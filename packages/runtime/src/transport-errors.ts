@@ -37,7 +37,7 @@ export function mapTransportError(err: unknown, subject: string): ReinsError {
   if (all.some((e) => e instanceof NoRespondersError)) {
     return new UnavailableError(`no responders on ${subject}`, {
       cause: err,
-      details: { subject },
+      details: { subject, noResponders: true },
     });
   }
   if (all.some((e) => e instanceof NatsTimeoutError)) {

@@ -1,4 +1,5 @@
 import {
+  DeliverPolicy,
   DiscardPolicy,
   RetentionPolicy,
   StorageType,
@@ -41,6 +42,8 @@ export const GENESIS_HASH = '0'.repeat(64);
 
 /** Action of the entry a supervisor writes first after an operator accepted a gap. */
 export const AUDIT_GAP_ACTION = 'audit.gap_accepted';
+/** The entry a supervisor appends to a run partition's chain when it takes the partition over. */
+export const PARTITION_ACQUIRE_ACTION = 'partition.acquire';
 
 const NANOS_PER_MS = 1_000_000;
 
@@ -147,6 +150,19 @@ export interface AuditWriterOptions {
   anchorEvery?: number;
   /** Receives warnings: foreign messages skipped on the chain, anchors ignored or not written. */
   logger?: AuditLogger;
+  /**
+   * A chain that several supervisors write in turn (a run partition's: one owner at a time,
+   * each taking over from the last). The writer continues from the last batch signed by any of
+   * `trusted` (or by any valid signature when `trusted` is empty), not only by its own key, and
+   * accepts such a key's anchor. Appends stay compare-and-set on the subject's last sequence,
+   * so a writer that another one took over from is refused (`ConflictError`): the fence.
+   */
+  shared?: { trusted?: readonly string[] };
+  /**
+   * Called once per stored batch, in chain order, as soon as JetStream acknowledged it, with
+   * its entries and stream sequence (before the appends resolve).
+   */
+  onStored?: (entries: readonly AuditEntry[], streamSeq: number) => void;
 }
 
 interface Head {
@@ -316,6 +332,8 @@ export class AuditWriter {
   readonly #maxBatchEntries: number;
   readonly #maxBatchBytes: number;
   readonly #anchorEvery: number;
+  readonly #shared: { trusted?: readonly string[] } | undefined;
+  readonly #onStored: ((entries: readonly AuditEntry[], streamSeq: number) => void) | undefined;
   #head: Head | undefined;
   #pending: Pending[] = [];
   #running = false;
@@ -348,6 +366,23 @@ export class AuditWriter {
     );
     this.#maxBatchBytes = Math.max(1, options.maxBatchBytes ?? 512 * 1024);
     this.#anchorEvery = Math.max(1, Math.floor(options.anchorEvery ?? 100));
+    this.#shared = options.shared;
+    this.#onStored = options.onStored;
+  }
+
+  /** Whether this writer continues from (and accepts anchors of) batches signed by `key`. */
+  #accepts(key: string): boolean {
+    if (key === this.#signer.publicKey) return true;
+    if (!this.#shared) return false;
+    const trusted = this.#shared.trusted ?? [];
+    return trusted.length === 0 || trusted.includes(key);
+  }
+
+  /** True when `batch` is validly signed by a key this writer continues from. */
+  #continuesFrom(batch: AuditBatch): boolean {
+    return (
+      batch.signer !== undefined && this.#accepts(batch.signer) && signedBy(batch, batch.signer)
+    );
   }
 
   /**
@@ -372,6 +407,11 @@ export class AuditWriter {
     await w.#loadHead();
     await w.#checkAnchor();
     return w;
+  }
+
+  /** Stream sequence of the last message on this chain's subject (0: none, or not read yet). */
+  get headStreamSeq(): number {
+    return this.#head?.streamSeq ?? 0;
   }
 
   /** Position of the last entry written (or found on open): `{ seq: 0 }` for an empty chain. */
@@ -518,6 +558,7 @@ export class AuditWriter {
       throw new UnavailableError('audit: append not acknowledged', { cause: lastErr });
     }
     this.#head = { seq: last.seq, hash: last.hash, streamSeq: ack.seq };
+    this.#onStored?.(entries, ack.seq);
     return entries;
   }
 
@@ -537,9 +578,8 @@ export class AuditWriter {
       this.#head = { seq: 0, hash: GENESIS_HASH, streamSeq: 0 };
       return;
     }
-    const key = this.#signer.publicKey;
     const lastMessage = storedMessage(this.writerId, sm.seq, sm.data);
-    let own = lastMessage.batch && signedBy(lastMessage.batch, key) ? lastMessage : undefined;
+    let own = lastMessage.batch && this.#continuesFrom(lastMessage.batch) ? lastMessage : undefined;
     if (!own) {
       let skipped = 0;
       for await (const m of readAuditMessages(this.#nc, {
@@ -547,7 +587,7 @@ export class AuditWriter {
         prefix: this.#prefix,
       })) {
         if (m.streamSeq > sm.seq) break;
-        if (m.batch && signedBy(m.batch, key)) {
+        if (m.batch && this.#continuesFrom(m.batch)) {
           own = m;
           skipped = 0;
         } else skipped++;
@@ -577,12 +617,11 @@ export class AuditWriter {
   async #checkAnchor(): Promise<void> {
     const read = await readAnchor(this.#kv, this.writerId);
     this.#anchorRevision = read.revision;
-    const key = this.#signer.publicKey;
     const anchor = read.anchor;
     if (
       !anchor ||
       anchor.writer !== this.writerId ||
-      anchor.signer !== key ||
+      !this.#accepts(anchor.signer) ||
       !anchorSigned(anchor)
     ) {
       if (read.revision !== 0) {
@@ -676,7 +715,7 @@ export class AuditWriter {
         const current = await readAnchor(this.#kv, this.writerId);
         this.#anchorRevision = current.revision;
         const a = current.anchor;
-        if (a && a.signer === this.#signer.publicKey && anchorSigned(a) && a.seq >= head.seq) {
+        if (a && this.#accepts(a.signer) && anchorSigned(a) && a.seq >= head.seq) {
           this.#anchoredSeq = head.seq; // a twin process anchored as far
           return;
         }
@@ -694,6 +733,8 @@ export interface ReadAuditOptions {
   writer?: string;
   /** Subject prefix (default `reins.v1`). */
   prefix?: string;
+  /** Read only the messages after this stream sequence (a checkpoint's). */
+  afterStreamSeq?: number;
 }
 
 /**
@@ -710,8 +751,19 @@ export async function* readAuditMessages(
   const filter = options.writer === undefined ? subjects.auditAll : subjects.audit(options.writer);
   const tokens = subjects.audit('x').split('.').length;
   let total: number;
+  const after = options.afterStreamSeq ?? 0;
   try {
     const jsm = await jetstreamManager(nc, { checkAPI: false });
+    if (after > 0) {
+      // Nothing after the checkpoint: a consumer started past the end would wait for good.
+      const last = await jsm.streams
+        .getMessage(Streams.audit, { last_by_subj: filter })
+        .catch((err: unknown) => {
+          if ((err as { code?: unknown }).code === 10059) return null; // stream not found
+          throw err;
+        });
+      if (!last || last.seq <= after) return;
+    }
     const info = await jsm.streams
       .info(Streams.audit, { subjects_filter: filter })
       .catch((err: unknown) => {
@@ -729,7 +781,12 @@ export async function* readAuditMessages(
   const messages = await retryTransport(
     'audit read',
     async () => {
-      const consumer = await js.consumers.get(Streams.audit, { filter_subjects: filter });
+      const consumer = await js.consumers.get(Streams.audit, {
+        filter_subjects: filter,
+        ...(after > 0
+          ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: after + 1 }
+          : {}),
+      });
       return consumer.consume({ max_messages: 256 });
     },
     { timeoutMs: 30_000 },
@@ -988,18 +1045,20 @@ export async function verifyAuditMessages(
       : undefined;
   const trustList = trust !== undefined;
   const heads = new Map(Object.entries(options.startFrom ?? {}));
-  const keys = new Map<string, string>();
+  const keys = new Map<string, Set<string>>();
   const gaps: AcceptedAuditGap[] = [];
   let count = 0;
   let problem: { kind: AuditProblemKind; writer: string; seq: number; reason: string } | undefined;
   const note = (kind: AuditProblemKind, writer: string, seq: number, reason: string) => {
     problem ??= { kind, writer, seq, reason };
   };
-  const keyFault = (writer: string, signer: string): string | undefined => {
+  // Without a trust list a chain keeps the key that signed it first — except a run partition's
+  // chain, which a new owner may take over with its own key: its first entry says so.
+  const keyFault = (writer: string, signer: string, takeover = false): string | undefined => {
     if (trust) return trust.has(signer) ? undefined : `signed by ${signer}, not a trusted key`;
     const known = keys.get(writer);
-    if (known === undefined || known === signer) return undefined;
-    return `signed by ${signer}, not by ${known} which signed this chain before`;
+    if (known === undefined || known.has(signer) || takeover) return undefined;
+    return `signed by ${signer}, not by ${[...known].join(' or ')} which signed this chain before`;
   };
   // Anchors whose signature verifies are compared with the chain as it is read.
   const anchors = new Map<string, StoredAuditAnchor>();
@@ -1033,12 +1092,12 @@ export async function verifyAuditMessages(
       note('forged', w, first.seq, `the signature of ${at} does not verify (forged or altered)`);
       continue;
     }
-    const kf = keyFault(w, b.signer);
+    const kf = keyFault(w, b.signer, first.action === PARTITION_ACQUIRE_ACTION);
     if (kf) {
       note('forged', w, first.seq, `${at} is ${kf}`);
       continue;
     }
-    keys.set(w, b.signer);
+    keys.set(w, (keys.get(w) ?? new Set<string>()).add(b.signer));
     let p = prev;
     for (const e of b.entries) {
       if (auditHash(e) !== e.hash) note('broken', w, e.seq, 'hash does not match content');

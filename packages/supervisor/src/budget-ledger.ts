@@ -2,10 +2,28 @@ import { jetstream, type JetStreamClient, type JetStreamManager } from '@nats-io
 import { Kvm, type KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { z } from 'zod';
-import { Budget, Buckets, ReinsError, Usage, assertId, parse } from '@reins/protocol';
+import type { Usage } from '@reins/protocol';
+import { Budget, Buckets, ReinsError, assertId, parse } from '@reins/protocol';
 import { ConflictError, ProtocolError, UnavailableError } from '@reins/protocol';
 import { BoundedMap, isCasConflict } from '@reins/runtime';
 import { backoffDelay, sleep } from './backoff.js';
+import {
+  Amount,
+  DIMENSIONS,
+  add,
+  capOf,
+  dim,
+  fromBudget,
+  fromUsage,
+  subClip,
+  toUser,
+  userUnits,
+  zero,
+  type BudgetDimension,
+  type LedgerAmount,
+} from './amounts.js';
+
+export type { BudgetDimension, LedgerAmount } from './amounts.js';
 
 // Ledger layout (JetStream KV, history 1, CAS on every write):
 //
@@ -23,29 +41,6 @@ import { backoffDelay, sleep } from './backoff.js';
 // still satisfies committed + reserved + amount <= cap, so the invariant holds on every key at
 // every revision no matter how many ledgers write. A denial on a later scope rolls back the
 // earlier ones; a crash mid-way leaves reservations that expire with their lease.
-
-/** A budget dimension the ledger enforces. Wall time is a run deadline, checked by breakers. */
-export type BudgetDimension = 'usd' | 'tokens' | 'inputTokens' | 'outputTokens' | 'steps';
-
-const DIMENSIONS: readonly BudgetDimension[] = [
-  'usd',
-  'tokens',
-  'inputTokens',
-  'outputTokens',
-  'steps',
-];
-
-const MICROS = 1_000_000;
-const Int = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
-
-const Amount = z.object({
-  usdMicros: Int,
-  tokens: Int,
-  inputTokens: Int,
-  outputTokens: Int,
-  steps: Int,
-});
-type Amount = z.infer<typeof Amount>;
 
 const Reservation = z.object({ amount: Amount, expiresAt: z.number().int().nullable() });
 type Reservation = z.infer<typeof Reservation>;
@@ -71,13 +66,6 @@ const GrantRecord = z.object({
 type GrantRecord = z.infer<typeof GrantRecord>;
 
 /** An amount in user units: dollars, tokens (input + output), input/output tokens and steps. */
-export interface LedgerAmount {
-  usd: number;
-  tokens: number;
-  inputTokens: number;
-  outputTokens: number;
-  steps: number;
-}
 
 /** What `reserve` and `carve` answer. A denial names the scope and dimension that refused. */
 export type ReserveResult =
@@ -231,72 +219,6 @@ export function budgetScopes(parts: ScopeParts): string[] {
   return out.sort();
 }
 
-const zero = (): Amount => ({ usdMicros: 0, tokens: 0, inputTokens: 0, outputTokens: 0, steps: 0 });
-
-function add(a: Amount, b: Amount): Amount {
-  return {
-    usdMicros: a.usdMicros + b.usdMicros,
-    tokens: a.tokens + b.tokens,
-    inputTokens: a.inputTokens + b.inputTokens,
-    outputTokens: a.outputTokens + b.outputTokens,
-    steps: a.steps + b.steps,
-  };
-}
-
-function subClip(a: Amount, b: Amount): Amount {
-  return {
-    usdMicros: Math.max(0, a.usdMicros - b.usdMicros),
-    tokens: Math.max(0, a.tokens - b.tokens),
-    inputTokens: Math.max(0, a.inputTokens - b.inputTokens),
-    outputTokens: Math.max(0, a.outputTokens - b.outputTokens),
-    steps: Math.max(0, a.steps - b.steps),
-  };
-}
-
-function fromUsage(input: unknown, name: string): Amount {
-  const u = parse(Usage, input, name);
-  return {
-    usdMicros: Math.round(u.usd * MICROS),
-    tokens: u.inputTokens + u.outputTokens,
-    inputTokens: u.inputTokens,
-    outputTokens: u.outputTokens,
-    steps: u.steps,
-  };
-}
-
-function fromBudget(b: Budget): Amount {
-  return {
-    usdMicros: Math.round((b.usd ?? 0) * MICROS),
-    tokens: b.tokens ?? 0,
-    inputTokens: b.inputTokens ?? 0,
-    outputTokens: b.outputTokens ?? 0,
-    steps: b.steps ?? 0,
-  };
-}
-
-function toUser(a: Amount): LedgerAmount {
-  return {
-    usd: a.usdMicros / MICROS,
-    tokens: a.tokens,
-    inputTokens: a.inputTokens,
-    outputTokens: a.outputTokens,
-    steps: a.steps,
-  };
-}
-
-/** Value of a dimension in internal units. */
-function dim(a: Amount, d: BudgetDimension): number {
-  return d === 'usd' ? a.usdMicros : a[d];
-}
-
-/** A cap in internal units, or undefined when the dimension is unlimited. */
-function capOf(cap: Budget, d: BudgetDimension): number | undefined {
-  if (d === 'usd') return cap.usd === undefined ? undefined : Math.round(cap.usd * MICROS);
-  return cap[d];
-}
-
-const userUnits = (d: BudgetDimension, v: number) => (d === 'usd' ? v / MICROS : v);
-
 /** The reservations of `doc` whose lease ended at or before `now` (carves never expire). */
 function expiredOf(doc: ScopeDoc, now: number): [string, Reservation][] {
   return Object.entries(doc.reservations).filter(
@@ -327,7 +249,7 @@ function cloneDoc(doc: ScopeDoc): ScopeDoc {
   };
 }
 
-type Fit = { ok: true } | Extract<ReserveResult, { ok: false }>;
+export type Fit = { ok: true } | Extract<ReserveResult, { ok: false }>;
 
 function fits(scope: string, doc: ScopeDoc, amount: Amount): Fit {
   if (doc.sealed) return { ok: false, scope, dimension: 'sealed', cap: 0, wouldBe: 0 };

@@ -1,6 +1,5 @@
-import type { RunRecord, StopReason, WireError } from '@reins/protocol';
+import type { RunRecord, StopReason, Usage, WireError } from '@reins/protocol';
 import type { AuditInput } from './audit-log.js';
-import type { BudgetLedger } from './budget-ledger.js';
 import { isTerminal, type RunStore } from './run-store.js';
 
 /**
@@ -15,11 +14,20 @@ export type RunOutcome =
   | { status: 'stopped'; stopReason: StopReason; error?: WireError | undefined }
   | { status: 'failed'; stopReason?: StopReason | undefined; error?: WireError | undefined };
 
-/** What `endRun` needs of the supervisor: the run store, the ledger, the audit and traces. */
+/**
+ * What `endRun` needs of the owner of the run's partition: the run store, the run's budget
+ * state, the partition's audit chain and traces.
+ */
 export interface RunLifecycleContext {
   readonly runs: RunStore;
-  readonly ledger: BudgetLedger;
-  /** Appends an audit entry (the supervisor's writer; `actor` defaults to the supervisor). */
+  /** What the run used: spent, plus what it still holds (charged in full: fail closed). */
+  used(runId: string): Promise<Usage | undefined>;
+  /**
+   * Ends a child run's carve on its parent (same partition): what the child used is committed
+   * on the parent, the rest is free again; audited. Idempotent.
+   */
+  releaseCarve(parentRunId: string, childRunId: string, used: Usage): Promise<void>;
+  /** Appends an audit entry (the partition's chain; `actor` defaults to the supervisor). */
   audit(input: Omit<AuditInput, 'actor'> & { actor?: string }): Promise<unknown>;
   /** Emits a trace event of the run as the supervisor. */
   trace(runId: string, event: string, data: Record<string, unknown>): void;
@@ -33,15 +41,15 @@ export interface EndRunResult {
 }
 
 /**
- * Ends a run, once. Writes the terminal record with compare-and-set (the first end wins; a
- * later one — another supervisor, a planner reporting after a breaker — changes nothing and
- * gets the stored record back), then, for the call that ended it: returns a child run's carve
- * to its parent (what the child used is committed on the parent, the rest is free again),
- * audits `run.end` and emits the `run.end` trace.
+ * Ends a run, once, at the owner of its partition. Writes the terminal record with
+ * compare-and-set, with what the run used (the first end wins; a later one — a planner
+ * reporting after a breaker — changes nothing and gets the stored record back), returns a
+ * child run's carve to its parent (what the child used is committed on the parent, the rest is
+ * free again), then, for the call that ended it, audits `run.end` and emits the `run.end` trace.
  *
- * The carve release is also retried on a repeated end (it is idempotent in the ledger): a
- * supervisor that crashed between the record write and the release leaves the parent's
- * budget held only until the next end of that child is reported.
+ * The carve release is also retried on a repeated end (it is idempotent): an owner that crashed
+ * between the record write and the release leaves the parent's budget held only until the
+ * next end of that child is reported.
  *
  * Throws `NotFoundError` for an unknown run and `UnavailableError` when KV or the audit log
  * cannot be written (the record may then be terminal already; a retry completes the rest).
@@ -54,6 +62,7 @@ export async function endRun(
 ): Promise<EndRunResult> {
   let wrote = false;
   const now = Date.now();
+  const used = await ctx.used(runId);
   const record = await ctx.runs.update(runId, (r) => {
     wrote = false;
     if (isTerminal(r.status)) return undefined;
@@ -64,6 +73,7 @@ export async function endRun(
       ...rest,
       status: outcome.status,
       endedAt: now,
+      ...(used ? { used } : {}),
       ...(outcome.status === 'completed' && outcome.answer !== undefined
         ? { answer: outcome.answer }
         : {}),
@@ -73,19 +83,7 @@ export async function endRun(
       ...(outcome.status !== 'completed' && outcome.error ? { error: outcome.error } : {}),
     };
   });
-  if (record.parentRunId) {
-    const released = await ctx.ledger.releaseCarve(
-      `run.${record.parentRunId}`,
-      `run.${record.runId}`,
-    );
-    if (released.released) {
-      await ctx.audit({
-        action: 'release',
-        runId: record.parentRunId,
-        details: { child: record.runId, used: released.used, returned: released.returned },
-      });
-    }
-  }
+  if (record.parentRunId) await ctx.releaseCarve(record.parentRunId, record.runId, record.used);
   if (!wrote) return { record, ended: false };
   await ctx.audit({
     action: 'run.end',
@@ -93,6 +91,7 @@ export async function endRun(
     ...(by?.agentId ? { agentId: by.agentId } : {}),
     details: {
       status: record.status,
+      used: record.used,
       stopReason: record.stopReason,
       ...(record.error ? { code: record.error.code } : {}),
     },

@@ -13,7 +13,6 @@ import {
   BudgetReport,
   Buckets,
   Streams,
-  ANY,
   Decision,
   ExecuteRequest,
   HaltMarker,
@@ -55,21 +54,33 @@ import {
   scopeMatches,
   ServerClock,
   type Actor,
+  type HandlerContext,
   type Runtime,
 } from '@reins/runtime';
-import type { z } from 'zod';
+import { z } from 'zod';
 import { ApprovalStore, approvalIdFor } from './approvals.js';
 import { AuditWriter, ensureAuditStream, type AuditInput } from './audit-log.js';
 import type { BreakerConfig } from './breakers.js';
-import {
-  breakerConfig,
-  initBreakerState,
-  recordAction,
-  recordObservation,
-  recordSpend,
-  type BreakerTrip,
-} from './breakers.js';
+import { breakerConfig, type BreakerTrip } from './breakers.js';
 import { BudgetLedger, type Reaper, type ReserveResult } from './budget-ledger.js';
+import { fromBudget, fromUsage, subClip, toUser, zero, type Amount } from './amounts.js';
+import { Partition } from './partition.js';
+import { PartitionLeases } from './partition-leases.js';
+import {
+  act as actOn,
+  cancel as cancelReservation,
+  carveKey,
+  fitsRun,
+  observe as observeOn,
+  observeSpend,
+  reapExpired,
+  releaseCarve,
+  reserve as reserveOn,
+  reservedOf,
+  settle as settleOn,
+  usedOf,
+  type RunState,
+} from './run-state.js';
 import {
   compilePolicy,
   evaluatePolicy,
@@ -80,7 +91,7 @@ import {
 import { endRun, type RunLifecycleContext, type RunOutcome } from './run-lifecycle.js';
 import { PlannerPresence } from './planner-presence.js';
 import { RunStore, isTerminal } from './run-store.js';
-import { loadSigningKey } from './signing-key.js';
+import { loadSigningKey, trustedIssuersFromEnv } from './signing-key.js';
 
 /** Options of `startSupervisor`. */
 export interface SupervisorOptions {
@@ -118,6 +129,12 @@ export interface SupervisorOptions {
    * this bounds the staleness should the watch stall. See `RunStore`.
    */
   runCacheMaxAgeMs?: number;
+  /**
+   * How long a supervisor's membership lasts without renewal (default 5 s; the service reads
+   * `REINS_PARTITION_LEASE_MS`): the partitions of a supervisor that died move to the others
+   * after at most this long. See docs/design.md, "Run partitions".
+   */
+  partitionLeaseMs?: number;
 }
 
 /** A running supervisor instance. */
@@ -131,6 +148,10 @@ export interface Supervisor extends AsyncDisposable {
 }
 
 const SUPERVISOR_QUEUE = 'supervisor';
+
+/** Between supervisors: the budgets of live runs, asked of their partition's owner. */
+const UsageRequest = z.object({ runIds: z.array(z.string()).max(1000) });
+const UsageReply = z.object({ reports: z.array(BudgetReport) });
 
 /**
  * Starts a supervisor: the control plane. It admits runs, authorizes every model call against
@@ -229,8 +250,12 @@ export async function startSupervisor(
       throw new UnavailableError('audit log unavailable', { cause: err });
     });
 
-  const scopesFor = (run: RunRecord) => {
-    const s = [`run.${run.runId}`];
+  /**
+   * The shared budget scopes of a run (its tenant's and the global cap), kept in the KV ledger
+   * and reserved by compare-and-set. The run's own scope lives with its partition's owner.
+   */
+  const sharedScopesFor = (run: RunRecord) => {
+    const s: string[] = [];
     if (run.tenant && options.tenantBudgets?.[run.tenant]) s.push(`tenant.${run.tenant}`);
     if (options.globalBudget) s.push('global');
     return s.sort();
@@ -281,21 +306,45 @@ export async function startSupervisor(
     });
   };
 
-  /** What ending a run needs (see `endRun`): every way a run ends goes through it. */
-  const lifecycle: RunLifecycleContext = {
+  /**
+   * What ending a run needs (see `endRun`): every way a run ends goes through it, at the owner
+   * of the run's partition.
+   */
+  const lifecycleOf = (part: Partition): RunLifecycleContext => ({
     runs,
-    ledger,
-    audit: record,
+    used: async (runId) => {
+      const st = await part.state(runId);
+      return st ? usageOf(usedOf(st)) : undefined;
+    },
+    releaseCarve: async (parentRunId, childRunId, used) => {
+      const parent = await part.state(parentRunId);
+      if (!parent?.reservations[carveKey(childRunId)]) return;
+      const usedAmount = fromUsage(used, 'child usage');
+      const carve = parent.reservations[carveKey(childRunId)]?.amount ?? zero();
+      // On record first: the successor replays the release as it is applied here.
+      await part.record({
+        action: 'release',
+        runId: parentRunId,
+        details: {
+          child: childRunId,
+          usedAmount,
+          used,
+          returned: toUser(subClip(carve, usedAmount)),
+        },
+      });
+      releaseCarve(parent, childRunId, usedAmount);
+    },
+    audit: (input) => part.record(input),
     trace: (runId, event, data) => actor.trace(runId, event, data),
-  };
+  });
 
   /**
    * A breaker tripped: the run ends (stopped, `BREAKER`), and work of it still in flight is
    * halted (a run marker, then a broadcast), since the planner may be mid-step.
    */
-  const tripBreaker = async (run: RunRecord, trip: BreakerTrip) => {
+  const tripBreaker = async (run: RunRecord, trip: BreakerTrip, part: Partition) => {
     logger.warn({ runId: run.runId, trip }, 'breaker tripped');
-    const { ended } = await endRun(lifecycle, run.runId, {
+    const { ended } = await endRun(lifecycleOf(part), run.runId, {
       status: 'stopped',
       stopReason: 'BREAKER',
       error: {
@@ -306,7 +355,7 @@ export async function startSupervisor(
       },
     });
     if (!ended) return;
-    await record({
+    await part.record({
       action: 'breaker',
       runId: run.runId,
       rule: `breaker.${trip.breaker}`,
@@ -637,6 +686,634 @@ export async function startSupervisor(
     }
   };
 
+  // ── Run partitions: each run-scoped decision is made by the owner of the run's partition ──
+
+  /** Partitions this supervisor owns: their state and the subscriptions that serve them. */
+  const owned = new Map<number, { part: Partition; subs: { unsubscribe(): void }[] }>();
+  const partitionsKv = await openBucket(nc, Buckets.partitions);
+  /** The subjects of the partition a run belongs to. */
+  const ownerOf = (runId: string) => subjects.partition(subjects.partitionOf(runId));
+
+  const usageOf = (a: Amount) => {
+    const u = toUser(a);
+    return { usd: u.usd, inputTokens: u.inputTokens, outputTokens: u.outputTokens, steps: u.steps };
+  };
+  const reportOf = (st: RunState): BudgetReport => ({
+    runId: st.runId,
+    cap: st.cap,
+    committed: usageOf(st.committed),
+    reserved: usageOf(reservedOf(st)),
+  });
+  const NO_USAGE = { usd: 0, inputTokens: 0, outputTokens: 0, steps: 0 };
+
+  /** The budget reports of live runs, from the owners of their partitions (one ask each). */
+  const liveReports = async (live: RunRecord[]): Promise<Map<string, BudgetReport>> => {
+    const byPartition = new Map<number, string[]>();
+    for (const r of live) {
+      const n = subjects.partitionOf(r.runId);
+      byPartition.set(n, [...(byPartition.get(n) ?? []), r.runId]);
+    }
+    const out = new Map<string, BudgetReport>();
+    await Promise.all(
+      [...byPartition].map(async ([n, runIds]) => {
+        const reply = await runtime
+          .request(
+            subjects.partition(n).usage,
+            UsageRequest,
+            UsageReply,
+            { runIds },
+            {
+              timeoutMs: 5_000,
+            },
+          )
+          .catch((err: unknown) => {
+            logger.warn({ err, partition: n }, 'cannot read live budgets from the partition owner');
+            return { reports: [] };
+          });
+        for (const rep of reply.reports) out.set(rep.runId, rep);
+      }),
+    );
+    return out;
+  };
+
+  /** Run records with what each used: stored at the end, else asked of the partition owner. */
+  const withUsage = async (records: RunRecord[]): Promise<RunRecord[]> => {
+    const reports = await liveReports(records.filter((r) => !isTerminal(r.status)));
+    return records.map((r) => {
+      const rep = reports.get(r.runId);
+      return rep ? { ...r, used: rep.committed } : r;
+    });
+  };
+
+  const budgetOf = async (runId: string): Promise<BudgetReport> => {
+    const run = await runs.require(runId);
+    if (!isTerminal(run.status)) {
+      const rep = (await liveReports([run])).get(runId);
+      if (rep) return rep;
+    }
+    return { runId, cap: run.budget, committed: run.used, reserved: NO_USAGE };
+  };
+
+  /** A new run id in partition `n` (a child run lives in its parent's partition). */
+  const runIdIn = (n: number): string => {
+    for (;;) {
+      const id = newId('run');
+      if (subjects.partitionOf(id) === n) return id;
+    }
+  };
+
+  /**
+   * Admission. A top-level run is admitted by any supervisor (queue group); a child run by the
+   * owner of its parent's partition (`part`), where its budget is carved from the parent's.
+   */
+  const admit = async (
+    req: z.output<typeof RunStartRequest>,
+    part: Partition | undefined,
+  ): Promise<RunRecord> => {
+    if (req.parentRunId && !part) {
+      return runtime.request(ownerOf(req.parentRunId).start, RunStartRequest, RunRecord, req, {
+        timeoutMs: 10_000,
+      });
+    }
+    if (options.plannerRoles && !options.plannerRoles.includes(req.role)) {
+      throw new PolicyDeniedError(`role ${req.role} may not plan runs`, {
+        details: { rule: 'admission.role' },
+      });
+    }
+    if (req.idempotencyKey) {
+      const existing = await runs.startKey(req.idempotencyKey);
+      if (existing) return runs.require(existing);
+    }
+    // A role no live planner serves would wait in the queue for good: say so now, unless the
+    // caller asked to queue it for a planner still to come.
+    if (!req.waitForPlanner) {
+      const presence = await planners.check(req.role);
+      if (!presence.served) {
+        await record({
+          action: 'deny',
+          ...(req.parentRunId ? { runId: req.parentRunId } : {}),
+          rule: 'admission.no_planner',
+          details: { role: req.role, served: presence.roles },
+        });
+        const served = presence.roles.length
+          ? `served: ${presence.roles.join(', ')}`
+          : 'no role is served';
+        throw new NoPlannerError(`no live planner serves role ${req.role} (${served})`, {
+          details: { role: req.role, served: presence.roles },
+        });
+      }
+    }
+    const now = Date.now();
+    let runId: string;
+    // A child run inherits its parent's remaining budget (below); a top-level run gets the default.
+    let budget: Budget;
+    if (req.parentRunId && part) {
+      const parent = await liveRun(req.parentRunId);
+      const ps = await part.state(parent.runId);
+      if (!ps) throw new NotFoundError(`unknown run ${parent.runId}`);
+      runId = runIdIn(part.n);
+      const spent = usageOf(usedOf(ps));
+      // A child inherits whatever the parent caps and it did not set: its remaining budget.
+      const filled: Budget = { ...req.budget };
+      for (const k of ['usd', 'inputTokens', 'outputTokens', 'steps'] as const) {
+        const cap = ps.cap[k];
+        if (cap === undefined || filled[k] !== undefined) continue;
+        const rem = Math.max(0, cap - spent[k]);
+        filled[k] = k === 'usd' ? rem : Math.floor(rem);
+      }
+      if (ps.cap.tokens !== undefined && filled.tokens === undefined) {
+        const used = usedOf(ps).tokens;
+        filled.tokens = Math.max(0, ps.cap.tokens - used);
+      }
+      budget = filled;
+      const amount = fromBudget(budget);
+      const fit = fitsRun(ps, amount);
+      if (!fit.ok) {
+        await part.record({
+          action: 'deny',
+          runId: parent.runId,
+          rule: 'admission.child_budget',
+          details: { child: runId },
+        });
+        throw denyBudget(fit);
+      }
+      // Held before anything is awaited (a concurrent ask sees it), on record before the child exists.
+      reserveOn(ps, carveKey(runId), amount, null);
+      try {
+        await part.record({
+          action: 'carve',
+          runId: parent.runId,
+          details: { child: runId, amount, budget },
+        });
+      } catch (err) {
+        cancelReservation(ps, carveKey(runId));
+        throw err;
+      }
+    } else {
+      runId = newId('run');
+      budget = { ...(options.defaultRunBudget ?? { steps: 50 }), ...req.budget };
+    }
+    // Shared caps already spent → refuse admission.
+    for (const scope of [
+      ...(req.tenant && options.tenantBudgets?.[req.tenant] ? [`tenant.${req.tenant}`] : []),
+      ...(options.globalBudget ? ['global'] : []),
+    ]) {
+      const sc = await ledger.get(scope);
+      for (const k of ['usd', 'tokens', 'steps'] as const) {
+        const cap = sc.cap[k];
+        if (cap !== undefined && sc.committed[k] + sc.reserved[k] >= cap) {
+          await record({
+            action: 'deny',
+            runId,
+            rule: 'admission.spent',
+            details: { scope, dimension: k },
+          });
+          throw new BudgetExceededError(`${scope} budget is spent (${k})`, {
+            details: { scope, dimension: k },
+          });
+        }
+      }
+    }
+    // A run admitted while a halt covers it (everything, or its role) is recorded as halted,
+    // not queued: nothing of it runs until the halt is lifted, and the caller is told so. The
+    // resume that lifts the last covering halt enqueues it.
+    const halt = await admissionHalt(req.role);
+    const run: RunRecord = {
+      runId,
+      goal: req.goal,
+      role: req.role,
+      roles: req.roles ?? [req.role, 'executor'],
+      status: halt ? 'halted' : 'queued',
+      ...(halt ? { error: haltNote(halt) } : {}),
+      budget,
+      used: { inputTokens: 0, outputTokens: 0, usd: 0, steps: 0 },
+      createdAt: now,
+      updatedAt: now,
+      ...(req.tenant ? { tenant: req.tenant } : {}),
+      ...(req.parentRunId ? { parentRunId: req.parentRunId } : {}),
+      ...(req.input ? { input: req.input } : {}),
+      ...(req.policy ? { policy: req.policy } : {}),
+    };
+    if (req.policy) narrowPolicy(policy, req.policy); // invalid overlays are refused here
+    await runs.create(run);
+    if (req.idempotencyKey) {
+      const winner = await runs.claimStartKey(req.idempotencyKey, runId);
+      if (winner !== runId) return runs.require(winner);
+    }
+    await record({
+      action: 'admit',
+      runId,
+      details: {
+        goal: req.goal.slice(0, 200),
+        budget,
+        role: req.role,
+        parentRunId: req.parentRunId,
+        requestedBy: req.requestedBy,
+        ...(halt ? { halted: { haltId: halt.haltId, scope: halt.scope } } : {}),
+      },
+    });
+    actor.trace(runId, 'run.start', {
+      goal: req.goal.slice(0, 1000),
+      budget,
+      parentRunId: req.parentRunId,
+      ...(halt ? { halted: { scope: halt.scope, reason: halt.reason } } : {}),
+    });
+    if (!halt) {
+      await enqueue(run, 'start');
+      return run;
+    }
+    // The halt may have been lifted while the run was being recorded, by a resume that listed
+    // the halted runs before this one existed: then nobody else enqueues it.
+    return (await admissionHalt(req.role)) ? run : requeue(run);
+  };
+
+  /** The live state of a run this partition holds, or the reason it may not act. */
+  const liveState = async (part: Partition, runId: string): Promise<RunState> => {
+    const st = await part.state(runId);
+    if (!st) throw new NotFoundError(`unknown run ${runId}`, { details: { runId } });
+    if (st.endedAt !== undefined)
+      throw new HaltedError(`run ${runId} has ended`, { details: { runId } });
+    return st;
+  };
+
+  // ── sv.<n>.authorize: model calls ──────────────────────────────────────────────────────
+  const authorize = async (
+    req: z.output<typeof AuthorizeRequest>,
+    part: Partition,
+  ): Promise<Decision> => {
+    const deny = async (err: ReinsError, rule: string): Promise<Decision> => {
+      await part.record({
+        action: 'deny',
+        runId: req.runId,
+        agentId: req.agentId,
+        rule,
+        details: { kind: 'llm', code: err.code, message: err.message },
+      });
+      return { decision: 'deny', error: toWireError(err), rule };
+    };
+    let run: RunRecord;
+    let st: RunState;
+    try {
+      run = await liveRun(req.runId, true);
+      st = await liveState(part, req.runId);
+    } catch (err) {
+      if (err instanceof ReinsError)
+        return deny(err, err.code === 'NOT_FOUND' ? 'run.unknown' : 'run.not_live');
+      throw err;
+    }
+    const halted = haltedScope(req);
+    if (halted)
+      return deny(
+        new HaltedError(`halted (${halted.kind})`, { details: { scope: halted } }),
+        'halt',
+      );
+    if (run.budget.wallMs !== undefined && Date.now() > run.createdAt + run.budget.wallMs) {
+      const err = new BudgetExceededError('run wall time is over', {
+        details: { dimension: 'wallMs' },
+      });
+      await endRun(lifecycleOf(part), run.runId, {
+        status: 'stopped',
+        stopReason: 'WALL_TIME',
+        error: toWireError(err),
+      });
+      return deny(err, 'budget.wall_time');
+    }
+    const grantId = newId('g');
+    const reserved = {
+      steps: 1,
+      inputTokens: req.estimate.inputTokens,
+      outputTokens: req.estimate.outputTokens,
+      usd: req.estimate.usd,
+    };
+    const amount = fromUsage(reserved, 'estimate');
+    const fit = fitsRun(st, amount);
+    if (!fit.ok) return deny(denyBudget(fit), `budget.${fit.dimension}`);
+    // Held before anything is awaited, so concurrent asks of the run see it (zero overshoot).
+    const expiresAt = clock.now() + leaseMs;
+    reserveOn(st, grantId, amount, expiresAt);
+    const shared = sharedScopesFor(run);
+    try {
+      if (shared.length > 0) {
+        const res = await ledger.reserve({ grantId, scopes: shared, amount: reserved, leaseMs });
+        if (!res.ok) {
+          cancelReservation(st, grantId);
+          return await deny(denyBudget(res), `budget.${res.dimension}`);
+        }
+      }
+      await part.record({
+        action: 'grant',
+        runId: run.runId,
+        agentId: req.agentId,
+        rule: 'budget.ok',
+        details: {
+          grantId,
+          kind: 'llm',
+          model: req.model,
+          reserved,
+          expiresAt,
+          ...(shared.length > 0 ? { shared } : {}),
+        },
+      });
+    } catch (err) {
+      cancelReservation(st, grantId);
+      throw err;
+    }
+    if (run.status === 'queued') await runs.setStatus(run.runId, 'running');
+    const now = Date.now();
+    const grant = signer.sign({
+      grantId,
+      runId: run.runId,
+      agentId: req.agentId,
+      role: req.role,
+      kind: 'llm',
+      stepId: req.stepId,
+      model: req.model,
+      reserved,
+      issuedAt: now,
+      expiresAt: now + grantTtlMs,
+      issuer: signer.publicKey,
+    });
+    return { decision: 'grant', grant, rule: 'budget.ok' };
+  };
+
+  // ── sv.<n>.settle ──────────────────────────────────────────────────────────────────────
+  const settleAt = async (
+    req: z.output<typeof SettleRequest>,
+    part: Partition,
+  ): Promise<z.output<typeof SettleReply>> => {
+    const st = await part.state(req.runId);
+    if (!st) return { settled: false, duplicate: false };
+    const now = Date.now();
+    let reply = { settled: false, duplicate: false };
+    let trip: BreakerTrip | undefined;
+    // Tool grants reserve nothing: only their observation counts.
+    if (!toolGrants.delete(req.grantId)) {
+      const res = settleOn(st, req.grantId, req.actual);
+      reply = { settled: res.settled, duplicate: res.duplicate };
+      if (res.settled && !res.duplicate) {
+        // On record with the run's next decision (`applyCarried` replays it the same way).
+        part.carry(req.runId, {
+          settles: [
+            {
+              grantId: req.grantId,
+              actual: req.actual,
+              ts: now,
+              ...(req.outcome ? { outcome: req.outcome } : {}),
+            },
+          ],
+        });
+        trip = observeSpend(st, req.actual.usd, now, breakers);
+        const run = await runs.cached(req.runId, runCacheMaxAgeMs).catch(() => undefined);
+        if (run && sharedScopesFor(run).length > 0) await ledger.settle(req.grantId, req.actual);
+        // A settle after the run's end corrects what its record says it used.
+        if (st.endedAt !== undefined) {
+          const used = usageOf(usedOf(st));
+          await runs.update(req.runId, (r) => ({ ...r, used })).catch(() => undefined);
+        }
+      }
+    }
+    // Tool results carry an observation hash for the no-progress breaker.
+    if (req.observationHash !== undefined && !reply.duplicate) {
+      part.carry(req.runId, { observations: [{ hash: req.observationHash, ts: now }] });
+      const t = observeOn(st, req.observationHash, now, breakers);
+      trip ??= t;
+    }
+    if (trip && st.endedAt === undefined) {
+      const run = await runs.get(req.runId);
+      if (run && !isTerminal(run.status)) await tripBreaker(run, trip, part);
+    }
+    return reply;
+  };
+
+  // ── sv.<n>.act: tool calls, forwarded to an executor with a signed grant ────────────────
+  const actAt = async (
+    req: z.output<typeof ActRequest>,
+    ctx: HandlerContext,
+    part: Partition,
+  ): Promise<undefined> => {
+    const run = await liveRun(req.runId, true);
+    const halted = haltedScope(req);
+    if (halted) throw new HaltedError(`halted (${halted.kind})`, { details: { scope: halted } });
+    const decision = evaluatePolicy(runPolicy(run), {
+      role: req.role,
+      agentId: req.agentId,
+      runId: req.runId,
+      tool: req.tool,
+      args: req.args,
+    });
+    const argsHash = hashArgs(req.args);
+    let approvedBy: string | undefined;
+    if (decision.effect === 'approve') {
+      approvedBy = await checkApproval(actor, req, argsHash, decision.rule);
+      if (run.status === 'waiting_approval') await markRunning(run.runId);
+    } else if (decision.effect !== 'allow') {
+      const reason = decision.reason;
+      await part.record({
+        action: 'deny',
+        runId: req.runId,
+        agentId: req.agentId,
+        rule: decision.rule,
+        details: { kind: 'tool', tool: req.tool, effect: decision.effect, reason },
+      });
+      throw new PolicyDeniedError(`${req.tool}: ${reason}`, {
+        details: { rule: decision.rule, effect: decision.effect },
+      });
+    }
+    const st = await liveState(part, req.runId);
+    const now = Date.now();
+    const before = st.breaker;
+    const trip = actOn(
+      st,
+      { tool: req.tool, argsHash, now, idempotencyKey: req.idempotencyKey },
+      breakers,
+    );
+    if (trip) {
+      await tripBreaker(run, trip, part);
+      throw new HaltedError(`breaker ${trip.breaker}: ${trip.reason}`, {
+        details: { rule: `breaker.${trip.breaker}` },
+      });
+    }
+    const timeoutMs = req.timeoutMs ?? 30_000;
+    const grant = signer.sign({
+      grantId: newId('g'),
+      runId: run.runId,
+      agentId: req.agentId,
+      role: req.role,
+      kind: 'tool',
+      stepId: req.stepId,
+      tool: req.tool,
+      argsHash,
+      idempotencyKey: req.idempotencyKey,
+      reserved: { steps: 0, inputTokens: 0, outputTokens: 0, usd: 0 },
+      issuedAt: now,
+      expiresAt: now + Math.max(grantTtlMs, timeoutMs + 5_000),
+      issuer: signer.publicKey,
+    });
+    try {
+      await part.record({
+        action: 'grant',
+        runId: run.runId,
+        agentId: req.agentId,
+        rule: decision.rule,
+        ts: now,
+        details: {
+          grantId: grant.grantId,
+          kind: 'tool',
+          tool: req.tool,
+          argsHash,
+          idempotencyKey: req.idempotencyKey,
+          ...(approvedBy ? { approvedBy } : {}),
+        },
+      });
+    } catch (err) {
+      st.breaker = before; // not granted: the action does not count
+      throw err;
+    }
+    toolGrants.add(grant.grantId);
+    if (toolGrants.size > 4096) {
+      const oldest = toolGrants.values().next();
+      if (!oldest.done) toolGrants.delete(oldest.value);
+    }
+    const exec: z.input<typeof ExecuteRequest> = {
+      grant,
+      runId: run.runId,
+      stepId: req.stepId,
+      tool: req.tool,
+      args: req.args,
+      idempotencyKey: req.idempotencyKey,
+      timeoutMs,
+    };
+    ctx.forward(subjects.exec(req.tool), ExecuteRequest, exec);
+    return undefined;
+  };
+
+  // ── sv.<n>.end: a run's end, forwarded from runs.end ────────────────────────────────────
+  const endAt = async (
+    req: z.output<typeof RunEndRequest>,
+    part: Partition,
+  ): Promise<RunRecord> => {
+    const outcome: RunOutcome =
+      req.status === 'completed'
+        ? { status: 'completed', answer: req.answer }
+        : req.status === 'stopped'
+          ? { status: 'stopped', stopReason: req.stopReason ?? 'ERROR', error: req.error }
+          : { status: 'failed', stopReason: req.stopReason, error: req.error };
+    const { record: ended } = await endRun(lifecycleOf(part), req.runId, outcome, {
+      agentId: req.agentId,
+    });
+    return ended;
+  };
+
+  /** Serves partition `n`'s subjects (only its owner subscribes: no queue group). */
+  const servePartition = (part: Partition): { unsubscribe(): void }[] => {
+    const ps = subjects.partition(part.n);
+    const opts = { runOf: () => undefined };
+    return [
+      actor.handle(ps.authorize, AuthorizeRequest, (req) => authorize(req, part), {
+        ...opts,
+        reply: Decision,
+      }),
+      actor.handle(ps.settle, SettleRequest, (req) => settleAt(req, part), {
+        ...opts,
+        reply: SettleReply,
+      }),
+      actor.handle(ps.act, ActRequest, (req, ctx) => actAt(req, ctx, part), opts),
+      actor.handle(ps.end, RunEndRequest, (req) => endAt(req, part), {
+        ...opts,
+        reply: RunRecord,
+      }),
+      actor.handle(ps.start, RunStartRequest, (req) => admit(req, part), {
+        ...opts,
+        reply: RunRecord,
+      }),
+      actor.handle(
+        ps.usage,
+        UsageRequest,
+        async (req) => {
+          const reports: BudgetReport[] = [];
+          for (const runId of req.runIds) {
+            const st = part.peek(runId) ?? (await part.state(runId));
+            if (st) reports.push(reportOf(st));
+          }
+          return { reports };
+        },
+        { ...opts, reply: UsageReply },
+      ),
+    ];
+  };
+
+  /** Charges expired reservations, puts carried settles on record, checkpoints. */
+  const partitionChores = async () => {
+    const now = clock.now();
+    for (const { part } of [...owned.values()]) {
+      if (part.lost) continue;
+      try {
+        for (const runId of part.runIds) {
+          const st = part.peek(runId);
+          if (!st) continue;
+          for (const [grantId, r] of Object.entries(st.reservations)) {
+            if (r.expiresAt === null || r.expiresAt > now) continue;
+            // Nobody settled it (a crashed holder, a lost settle): charged in full, fail closed.
+            await part.record({
+              action: 'reap',
+              runId,
+              details: { grantId, amount: toUser(r.amount), charged: true },
+            });
+            logger.warn(
+              { runId, grantId, amount: toUser(r.amount) },
+              'unsettled reservation charged in full at the end of its lease',
+            );
+          }
+          reapExpired(st, now);
+        }
+        await part.chores(Date.now());
+      } catch (err) {
+        logger.warn({ err, partition: part.n }, 'partition chores failed');
+      }
+    }
+  };
+  let choresRunning: Promise<void> = Promise.resolve();
+  const choresTimer = setInterval(() => {
+    choresRunning = choresRunning.then(partitionChores);
+  }, 2_000);
+  choresTimer.unref();
+
+  const leases = new PartitionLeases(
+    partitionsKv,
+    {
+      agentId,
+      partitions: subjects.partitions,
+      leaseMs: options.partitionLeaseMs ?? 5_000,
+      now: () => clock.now(),
+    },
+    {
+      acquired: async (n) => {
+        const part = await Partition.open(n, {
+          nc,
+          prefix: subjects.prefix,
+          signer,
+          trusted: trustedIssuersFromEnv(),
+          agentId,
+          logger,
+          kv: partitionsKv,
+          runs,
+          breakers,
+        });
+        owned.set(n, { part, subs: servePartition(part) });
+        logger.debug({ partition: n }, 'partition acquired');
+      },
+      lost: async (n) => {
+        const o = owned.get(n);
+        if (!o) return;
+        owned.delete(n);
+        for (const sub of o.subs) sub.unsubscribe();
+        await o.part.release();
+        logger.debug({ partition: n }, 'partition released');
+      },
+      warn: (err, message) => logger.warn({ err }, message),
+    },
+  );
+
   const reaper: Reaper = ledger.startReaper(options.reaperIntervalMs ?? 5_000, {
     onReaped: (reaped) => {
       for (const r of reaped) {
@@ -670,180 +1347,33 @@ export async function startSupervisor(
       // Stopping the actor (dispose, SIGTERM via the runtime) also stops the reaper.
       teardown: async () => {
         stopSecurityAudit();
+        // Partitions go back at once (the next owner need not wait for the membership to end).
+        clearInterval(choresTimer);
+        await choresRunning;
+        await leases.stop().catch((err: unknown) => {
+          logger.warn(
+            { err },
+            'cannot give the partitions back; they move when the membership ends',
+          );
+        });
         runs.stopWatch();
         await reaper.stop();
         await clock.stop();
       },
       setup(a) {
-        // ── runs.start: admission ────────────────────────────────────────────────────────
-        a.handle(
-          subjects.runsStart,
-          RunStartRequest,
-          async (req) => {
-            if (options.plannerRoles && !options.plannerRoles.includes(req.role)) {
-              throw new PolicyDeniedError(`role ${req.role} may not plan runs`, {
-                details: { rule: 'admission.role' },
-              });
-            }
-            if (req.idempotencyKey) {
-              const existing = await runs.startKey(req.idempotencyKey);
-              if (existing) return runs.require(existing);
-            }
-            // A role no live planner serves would wait in the queue for good: say so now,
-            // unless the caller asked to queue it for a planner still to come.
-            if (!req.waitForPlanner) {
-              const presence = await planners.check(req.role);
-              if (!presence.served) {
-                await record({
-                  action: 'deny',
-                  ...(req.parentRunId ? { runId: req.parentRunId } : {}),
-                  rule: 'admission.no_planner',
-                  details: { role: req.role, served: presence.roles },
-                });
-                const served = presence.roles.length
-                  ? `served: ${presence.roles.join(', ')}`
-                  : 'no role is served';
-                throw new NoPlannerError(`no live planner serves role ${req.role} (${served})`, {
-                  details: { role: req.role, served: presence.roles },
-                });
-              }
-            }
-            const runId = newId('run');
-            const now = Date.now();
-            // A child run inherits its parent's remaining budget (below); a top-level run gets the default.
-            let budget: Budget = req.parentRunId
-              ? { ...req.budget }
-              : { ...(options.defaultRunBudget ?? { steps: 50 }), ...req.budget };
-            if (req.parentRunId) {
-              const parent = await liveRun(req.parentRunId);
-              const p = await ledger.get(`run.${parent.runId}`);
-              // A child inherits whatever the parent caps and it did not set: its remaining budget.
-              const remaining = (k: keyof Budget & keyof typeof p.committed) => {
-                const cap = p.cap[k];
-                return cap === undefined
-                  ? undefined
-                  : Math.max(0, cap - p.committed[k] - p.reserved[k]);
-              };
-              const filled: Budget = { ...budget };
-              for (const k of ['usd', 'tokens', 'inputTokens', 'outputTokens', 'steps'] as const) {
-                const rem = remaining(k);
-                if (rem !== undefined && filled[k] === undefined)
-                  filled[k] = k === 'usd' ? rem : Math.floor(rem);
-              }
-              budget = filled;
-              const carved = await ledger.carve(`run.${parent.runId}`, `run.${runId}`, budget);
-              if (!carved.ok) {
-                await record({
-                  action: 'deny',
-                  runId: parent.runId,
-                  rule: 'admission.child_budget',
-                  details: { child: runId },
-                });
-                throw denyBudget(carved);
-              }
-            } else {
-              await ledger.setCap(`run.${runId}`, budget);
-            }
-            // Shared caps already spent → refuse admission.
-            for (const scope of [
-              ...(req.tenant && options.tenantBudgets?.[req.tenant]
-                ? [`tenant.${req.tenant}`]
-                : []),
-              ...(options.globalBudget ? ['global'] : []),
-            ]) {
-              const s = await ledger.get(scope);
-              for (const k of ['usd', 'tokens', 'steps'] as const) {
-                const cap = s.cap[k];
-                if (cap !== undefined && s.committed[k] + s.reserved[k] >= cap) {
-                  await record({
-                    action: 'deny',
-                    runId,
-                    rule: 'admission.spent',
-                    details: { scope, dimension: k },
-                  });
-                  throw new BudgetExceededError(`${scope} budget is spent (${k})`, {
-                    details: { scope, dimension: k },
-                  });
-                }
-              }
-            }
-            // A run admitted while a halt covers it (everything, or its role) is recorded as
-            // halted, not queued: nothing of it runs until the halt is lifted, and the caller
-            // is told so. The resume that lifts the last covering halt enqueues it.
-            const halt = await admissionHalt(req.role);
-            const run: RunRecord = {
-              runId,
-              goal: req.goal,
-              role: req.role,
-              roles: req.roles ?? [req.role, 'executor'],
-              status: halt ? 'halted' : 'queued',
-              ...(halt ? { error: haltNote(halt) } : {}),
-              budget,
-              used: { inputTokens: 0, outputTokens: 0, usd: 0, steps: 0 },
-              createdAt: now,
-              updatedAt: now,
-              ...(req.tenant ? { tenant: req.tenant } : {}),
-              ...(req.parentRunId ? { parentRunId: req.parentRunId } : {}),
-              ...(req.input ? { input: req.input } : {}),
-              ...(req.policy ? { policy: req.policy } : {}),
-            };
-            if (req.policy) narrowPolicy(policy, req.policy); // invalid overlays are refused here
-            await runs.create(run);
-            if (req.idempotencyKey) {
-              const winner = await runs.claimStartKey(req.idempotencyKey, runId);
-              if (winner !== runId) return runs.require(winner);
-            }
-            await record({
-              action: 'admit',
-              runId,
-              details: {
-                goal: req.goal.slice(0, 200),
-                budget,
-                role: req.role,
-                parentRunId: req.parentRunId,
-                requestedBy: req.requestedBy,
-                ...(halt ? { halted: { haltId: halt.haltId, scope: halt.scope } } : {}),
-              },
-            });
-            a.trace(runId, 'run.start', {
-              goal: req.goal.slice(0, 1000),
-              budget,
-              parentRunId: req.parentRunId,
-              ...(halt ? { halted: { scope: halt.scope, reason: halt.reason } } : {}),
-            });
-            if (!halt) {
-              await enqueue(run, 'start');
-              return run;
-            }
-            // The halt may have been lifted while the run was being recorded, by a resume that
-            // listed the halted runs before this one existed: then nobody else enqueues it.
-            return (await admissionHalt(req.role)) ? run : requeue(run);
-          },
-          { queue: SUPERVISOR_QUEUE, reply: RunRecord, runOf: () => undefined },
-        );
+        // ── runs.start: admission (a child run's: at the owner of its parent's partition) ──
+        a.handle(subjects.runsStart, RunStartRequest, (req) => admit(req, undefined), {
+          queue: SUPERVISOR_QUEUE,
+          reply: RunRecord,
+          runOf: () => undefined,
+        });
 
         // ── runs.get / list / budget / end ───────────────────────────────────────────────
-        const withUsage = async (run: RunRecord): Promise<RunRecord> => {
-          const s = await ledger.get(`run.${run.runId}`);
-          return {
-            ...run,
-            used: {
-              usd: s.committed.usd,
-              inputTokens: s.committed.inputTokens,
-              outputTokens: s.committed.outputTokens,
-              steps: s.committed.steps,
-            },
-          };
-        };
         a.handle(
           subjects.runsGet,
           RunGetRequest,
-          async (req) => withUsage(await runs.require(req.runId)),
-          {
-            queue: SUPERVISOR_QUEUE,
-            reply: RunRecord,
-            runOf: () => undefined,
-          },
+          async (req) => (await withUsage([await runs.require(req.runId)]))[0],
+          { queue: SUPERVISOR_QUEUE, reply: RunRecord, runOf: () => undefined },
         );
         a.handle(
           subjects.runsList,
@@ -854,295 +1384,25 @@ export async function startSupervisor(
               ...(req.status ? { status: req.status } : {}),
               ...(req.tenant ? { tenant: req.tenant } : {}),
             });
-            // Spend lives in the ledger, not the record: fill it in, as runs.get does.
-            return { runs: await Promise.all(listed.map(withUsage)) };
+            // Spend lives with the partitions' owners, not the record: fill it in.
+            return { runs: await withUsage(listed) };
           },
           { queue: SUPERVISOR_QUEUE, reply: RunListReply },
         );
-        a.handle(
-          subjects.runsBudget,
-          RunGetRequest,
-          async (req) => {
-            await runs.require(req.runId);
-            const s = await ledger.get(`run.${req.runId}`);
-            const usage = (x: typeof s.committed) => ({
-              usd: x.usd,
-              inputTokens: x.inputTokens,
-              outputTokens: x.outputTokens,
-              steps: x.steps,
-            });
-            return {
-              runId: req.runId,
-              cap: s.cap,
-              committed: usage(s.committed),
-              reserved: usage(s.reserved),
-            };
-          },
-          { queue: SUPERVISOR_QUEUE, reply: BudgetReport, runOf: () => undefined },
-        );
+        a.handle(subjects.runsBudget, RunGetRequest, (req) => budgetOf(req.runId), {
+          queue: SUPERVISOR_QUEUE,
+          reply: BudgetReport,
+          runOf: () => undefined,
+        });
+        // A run ends at the owner of its partition (its budget state lives there).
         a.handle(
           subjects.runsEnd,
           RunEndRequest,
-          async (req) => {
-            const outcome: RunOutcome =
-              req.status === 'completed'
-                ? { status: 'completed', answer: req.answer }
-                : req.status === 'stopped'
-                  ? { status: 'stopped', stopReason: req.stopReason ?? 'ERROR', error: req.error }
-                  : { status: 'failed', stopReason: req.stopReason, error: req.error };
-            const { record: ended } = await endRun(lifecycle, req.runId, outcome, {
-              agentId: req.agentId,
-            });
-            return withUsage(ended);
-          },
+          (req) =>
+            runtime.request(ownerOf(req.runId).end, RunEndRequest, RunRecord, req, {
+              timeoutMs: 10_000,
+            }),
           { queue: SUPERVISOR_QUEUE, reply: RunRecord, runOf: () => undefined },
-        );
-
-        // ── sv.authorize: model calls ────────────────────────────────────────────────────
-        a.handle(
-          subjects.partition(ANY).authorize,
-          AuthorizeRequest,
-          async (req): Promise<Decision> => {
-            const deny = async (err: ReinsError, rule: string): Promise<Decision> => {
-              await record({
-                action: 'deny',
-                runId: req.runId,
-                agentId: req.agentId,
-                rule,
-                details: { kind: 'llm', code: err.code, message: err.message },
-              });
-              return { decision: 'deny', error: toWireError(err), rule };
-            };
-            let run: RunRecord;
-            try {
-              run = await liveRun(req.runId, true);
-            } catch (err) {
-              if (err instanceof ReinsError)
-                return deny(err, err.code === 'NOT_FOUND' ? 'run.unknown' : 'run.not_live');
-              throw err;
-            }
-            const halted = haltedScope(req);
-            if (halted)
-              return deny(
-                new HaltedError(`halted (${halted.kind})`, { details: { scope: halted } }),
-                'halt',
-              );
-            if (run.budget.wallMs !== undefined && Date.now() > run.createdAt + run.budget.wallMs) {
-              const err = new BudgetExceededError('run wall time is over', {
-                details: { dimension: 'wallMs' },
-              });
-              await endRun(lifecycle, run.runId, {
-                status: 'stopped',
-                stopReason: 'WALL_TIME',
-                error: toWireError(err),
-              });
-              return deny(err, 'budget.wall_time');
-            }
-            const grantId = newId('g');
-            const reserved = {
-              steps: 1,
-              inputTokens: req.estimate.inputTokens,
-              outputTokens: req.estimate.outputTokens,
-              usd: req.estimate.usd,
-            };
-            const res = await ledger.reserve({
-              grantId,
-              scopes: scopesFor(run),
-              amount: reserved,
-              leaseMs,
-            });
-            if (!res.ok) return deny(denyBudget(res), `budget.${res.dimension}`);
-            if (run.status === 'queued') await runs.setStatus(run.runId, 'running');
-            const now = Date.now();
-            const grant = signer.sign({
-              grantId,
-              runId: run.runId,
-              agentId: req.agentId,
-              role: req.role,
-              kind: 'llm',
-              stepId: req.stepId,
-              model: req.model,
-              reserved,
-              issuedAt: now,
-              expiresAt: now + grantTtlMs,
-              issuer: signer.publicKey,
-            });
-            await record({
-              action: 'grant',
-              runId: run.runId,
-              agentId: req.agentId,
-              rule: 'budget.ok',
-              details: { grantId, kind: 'llm', model: req.model, reserved },
-            });
-            return { decision: 'grant', grant, rule: 'budget.ok' };
-          },
-          { queue: SUPERVISOR_QUEUE, reply: Decision, runOf: () => undefined },
-        );
-
-        // ── sv.settle ────────────────────────────────────────────────────────────────────
-        a.handle(
-          subjects.partition(ANY).settle,
-          SettleRequest,
-          async (req) => {
-            // Tool grants cost nothing and have no ledger record (`ledger.settle` would answer
-            // settled:false); skip the KV read for the ones this supervisor issued.
-            const toolGrant = toolGrants.delete(req.grantId);
-            let reply = { settled: false, duplicate: false };
-            let counted = false;
-            if (!toolGrant) {
-              const res = await ledger.settle(req.grantId, req.actual);
-              reply = { settled: res.settled, duplicate: res.duplicate };
-              if (res.settled && !res.duplicate) {
-                counted = true;
-                await record({
-                  action: 'settle',
-                  runId: req.runId,
-                  agentId: req.agentId,
-                  details: {
-                    grantId: req.grantId,
-                    actual: req.actual,
-                    outcome: req.outcome,
-                    ...(res.overshoot ? { overshoot: res.overshoot } : {}),
-                  },
-                });
-              }
-            }
-            const now = Date.now();
-            // Tool results carry an observation hash for the no-progress breaker, whichever
-            // supervisor issued the grant. Spend feeds the velocity breaker. Without either, a
-            // settle cannot change the breaker state: skip the read-modify-write.
-            const observe = req.observationHash !== undefined && !reply.duplicate;
-            const spend =
-              counted && (breakers.velocity !== undefined || breakers.wallMs !== undefined);
-            const trip =
-              observe || spend
-                ? await runs.updateBreakers(
-                    req.runId,
-                    () => initBreakerState(now),
-                    (s) => {
-                      let r = spend
-                        ? recordSpend(s, { usd: req.actual.usd, now }, breakers)
-                        : { state: s };
-                      if (!r.trip && observe && req.observationHash)
-                        r = recordObservation(
-                          r.state,
-                          { hash: req.observationHash, now },
-                          breakers,
-                        );
-                      return { state: r.state, result: r.trip };
-                    },
-                  )
-                : undefined;
-            if (trip) {
-              const run = await runs.get(req.runId);
-              if (run && !isTerminal(run.status)) await tripBreaker(run, trip);
-            }
-            return reply;
-          },
-          { queue: SUPERVISOR_QUEUE, reply: SettleReply, runOf: () => undefined },
-        );
-
-        // ── sv.act: tool calls, forwarded to an executor with a signed grant ─────────────
-        a.handle(
-          subjects.partition(ANY).act,
-          ActRequest,
-          async (req, ctx) => {
-            const run = await liveRun(req.runId, true);
-            const halted = haltedScope(req);
-            if (halted)
-              throw new HaltedError(`halted (${halted.kind})`, { details: { scope: halted } });
-            const decision = evaluatePolicy(runPolicy(run), {
-              role: req.role,
-              agentId: req.agentId,
-              runId: req.runId,
-              tool: req.tool,
-              args: req.args,
-            });
-            const argsHash = hashArgs(req.args);
-            let approvedBy: string | undefined;
-            if (decision.effect === 'approve') {
-              approvedBy = await checkApproval(a, req, argsHash, decision.rule);
-              if (run.status === 'waiting_approval') await markRunning(run.runId);
-            } else if (decision.effect !== 'allow') {
-              const reason = decision.reason;
-              await record({
-                action: 'deny',
-                runId: req.runId,
-                agentId: req.agentId,
-                rule: decision.rule,
-                details: { kind: 'tool', tool: req.tool, effect: decision.effect, reason },
-              });
-              throw new PolicyDeniedError(`${req.tool}: ${reason}`, {
-                details: { rule: decision.rule, effect: decision.effect },
-              });
-            }
-            const now = Date.now();
-            const trip = await runs.updateBreakers(
-              req.runId,
-              () => initBreakerState(run.createdAt),
-              (s) => {
-                const r = recordAction(
-                  s,
-                  { tool: req.tool, argsHash, now, idempotencyKey: req.idempotencyKey },
-                  breakers,
-                );
-                return { state: r.state, result: r.trip };
-              },
-            );
-            if (trip) {
-              await tripBreaker(run, trip);
-              throw new HaltedError(`breaker ${trip.breaker}: ${trip.reason}`, {
-                details: { rule: `breaker.${trip.breaker}` },
-              });
-            }
-            const timeoutMs = req.timeoutMs ?? 30_000;
-            const grant = signer.sign({
-              grantId: newId('g'),
-              runId: run.runId,
-              agentId: req.agentId,
-              role: req.role,
-              kind: 'tool',
-              stepId: req.stepId,
-              tool: req.tool,
-              argsHash,
-              idempotencyKey: req.idempotencyKey,
-              reserved: { steps: 0, inputTokens: 0, outputTokens: 0, usd: 0 },
-              issuedAt: now,
-              expiresAt: now + Math.max(grantTtlMs, timeoutMs + 5_000),
-              issuer: signer.publicKey,
-            });
-            await record({
-              action: 'grant',
-              runId: run.runId,
-              agentId: req.agentId,
-              rule: decision.rule,
-              details: {
-                grantId: grant.grantId,
-                kind: 'tool',
-                tool: req.tool,
-                argsHash,
-                idempotencyKey: req.idempotencyKey,
-                ...(approvedBy ? { approvedBy } : {}),
-              },
-            });
-            toolGrants.add(grant.grantId);
-            if (toolGrants.size > 4096) {
-              const oldest = toolGrants.values().next();
-              if (!oldest.done) toolGrants.delete(oldest.value);
-            }
-            const exec: z.input<typeof ExecuteRequest> = {
-              grant,
-              runId: run.runId,
-              stepId: req.stepId,
-              tool: req.tool,
-              args: req.args,
-              idempotencyKey: req.idempotencyKey,
-              timeoutMs,
-            };
-            ctx.forward(subjects.exec(req.tool), ExecuteRequest, exec);
-            return undefined;
-          },
-          { queue: SUPERVISOR_QUEUE, runOf: () => undefined },
         );
 
         // ── approvals ────────────────────────────────────────────────────────────────────
@@ -1376,6 +1636,9 @@ export async function startSupervisor(
     attempt(0);
   });
   actor.own(expiries);
+  // Run-scoped requests are served once partitions are held: alone, this supervisor holds them
+  // all when this resolves; beside others, it takes its share as they give partitions back.
+  await leases.start();
 
   logger.info({ publicKey: signer.publicKey }, 'supervisor started');
   const stop = async () => {

@@ -759,10 +759,27 @@ describe('supervisor actor', () => {
     const entries = [];
     for await (const e of readAudit(client.nc)) entries.push(e);
     expect(entries.length).toBeGreaterThan(30);
-    expect(new Set(entries.map((e) => e.writer))).toEqual(new Set(['sv0', 'sv1', 'sv2']));
+    // Each supervisor's own chain (admission, halts, approvals) and one chain per run
+    // partition (run-scoped decisions, by whichever supervisor owned the partition).
+    const writers = new Set(entries.map((e) => e.writer));
+    for (const w of ['sv0', 'sv1', 'sv2']) expect(writers, w).toContain(w);
+    const partitions = [...writers].filter((w) => /^part-\d+$/.test(w));
+    expect(partitions.length).toBe(client.subjects.partitions);
+    for (const w of partitions) {
+      const first = entries.find((e) => e.writer === w);
+      expect(first?.action, `${w} starts with its first owner's takeover`).toBe(
+        'partition.acquire',
+      );
+    }
     const actions = new Set(entries.map((e) => e.action));
-    for (const a of ['admit', 'grant', 'deny', 'settle', 'halt', 'resume', 'breaker', 'reap'])
+    for (const a of ['admit', 'grant', 'deny', 'halt', 'resume', 'breaker', 'reap'])
       expect(actions, a).toContain(a);
+    // Settles ride on the run's next record (or a carrier record of their own).
+    const settled = entries.flatMap((e) => {
+      const carried = e.details['carried'] as { settles?: unknown[] } | undefined;
+      return carried?.settles ?? [];
+    });
+    expect(settled.length).toBeGreaterThan(0);
     expect(await verifyAudit(client.nc)).toMatchObject({ ok: true });
   });
 });

@@ -11,6 +11,8 @@ const Env = ServiceEnv.extend({
   REINS_DEFAULT_MAX_STEPS: z.coerce.number().int().positive().default(50),
   REINS_GRANT_TTL_MS: z.coerce.number().int().positive().optional(),
   REINS_LEASE_MS: z.coerce.number().int().positive().optional(),
+  /** How long a supervisor's membership lasts unrenewed: its partitions move after this long. */
+  REINS_PARTITION_LEASE_MS: z.coerce.number().int().positive().optional(),
   /** How long an approval waits for a human before it expires as a denial (default 10 min). */
   REINS_APPROVAL_TIMEOUT_MS: z.coerce.number().int().positive().optional(),
 });
@@ -29,6 +31,7 @@ await runService(
       defaultRunBudget: { steps: env.REINS_DEFAULT_MAX_STEPS },
       ...(env.REINS_GRANT_TTL_MS ? { grantTtlMs: env.REINS_GRANT_TTL_MS } : {}),
       ...(env.REINS_LEASE_MS ? { leaseMs: env.REINS_LEASE_MS } : {}),
+      ...(env.REINS_PARTITION_LEASE_MS ? { partitionLeaseMs: env.REINS_PARTITION_LEASE_MS } : {}),
       ...(env.REINS_APPROVAL_TIMEOUT_MS
         ? { approvalTimeoutMs: env.REINS_APPROVAL_TIMEOUT_MS }
         : {}),
