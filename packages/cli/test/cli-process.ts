@@ -144,3 +144,60 @@ export function reinsUp(
     },
   };
 }
+
+/** A running `reins` command a test talks to while it runs (signals, output as it comes). */
+export interface ReinsProcess {
+  readonly child: ChildProcess;
+  /** Resolves once stdout holds `text` (rejects when the command exits before). */
+  waitForStdout(text: string): Promise<void>;
+  /** Resolves with the result once the command has exited. */
+  readonly done: Promise<CliResult>;
+}
+
+/** Starts `reins <args>` without waiting for it; SIGKILLs it after `timeoutMs` (a hang). */
+export function spawnReins(
+  args: string[],
+  env: Record<string, string | undefined> = {},
+  timeoutMs = 60_000,
+): ReinsProcess {
+  const child = spawn(process.execPath, [CLI, ...args], {
+    env: childEnv(env),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  const waiters: { text: string; resolve: () => void }[] = [];
+  child.stdout.on('data', (d: Buffer) => {
+    stdout += d.toString();
+    for (const w of waiters.filter((x) => stdout.includes(x.text))) {
+      waiters.splice(waiters.indexOf(w), 1);
+      w.resolve();
+    }
+  });
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const done = new Promise<CliResult>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+  return {
+    child,
+    done,
+    waitForStdout(text) {
+      if (stdout.includes(text)) return Promise.resolve();
+      return new Promise<void>((resolve, reject) => {
+        waiters.push({ text, resolve });
+        void done.then((r) =>
+          reject(
+            new Error(
+              `reins exited (${String(r.code)}) before printing ${text}:\n${r.stdout}\n${r.stderr}`,
+            ),
+          ),
+        );
+      });
+    },
+  };
+}

@@ -1,9 +1,12 @@
 import { ID_PATTERN, type TraceEvent, type TraceSubjectParts } from '@reins/protocol';
-import type { TraceStart, TraceSubscription } from '@reins/runtime';
-import { openClient, type CommonOptions } from '../connection.js';
+import type { RunRecord } from '@reins/protocol';
+import { isRunEnded, type TraceStart, type TraceSubscription } from '@reins/runtime';
+import { natsUrl, openClient, type CommonOptions } from '../connection.js';
 import { CliError, ExitCode, usageError } from '../errors.js';
 import { createStyle, printJson } from '../output.js';
+import { jetStreamProblem } from '../jetstream.js';
 import { TraceView } from '../trace-view.js';
+import { exitCodeOf } from './run.js';
 
 /** Options of `reins trace`. */
 export interface TraceOptions extends CommonOptions {
@@ -79,35 +82,36 @@ export async function traceCommand(
     // `delegate.start` that made it).
     if ('runId' in parsed && e.event === 'run.end' && e.runId === parsed.runId && !options.watch) {
       const status = typeof e.data['status'] === 'string' ? e.data['status'] : 'failed';
-      const code =
-        status === 'completed'
-          ? ExitCode.ok
-          : status === 'stopped'
-            ? ExitCode.stopped
-            : ExitCode.error;
+      const code = exitCodeOf(status);
       // A finished run is read back from the stream: show the rest of its tree first.
       void subscribed.then((s) => s?.caughtUp()).then(() => finish?.(code));
     }
   };
   let subscribedNow: (s: TraceSubscription | undefined) => void = () => undefined;
   const subscribed = new Promise<TraceSubscription | undefined>((r) => (subscribedNow = r));
-  const onAbort = () => finish?.(ExitCode.ok);
+  const onAbort = () => finish?.(ExitCode.interrupted);
   signal.addEventListener('abort', onAbort);
   try {
+    // Without JetStream a subscription would retry for half a minute before failing.
+    const problem = await jetStreamProblem(client);
+    if (problem !== undefined) {
+      throw new CliError(`JetStream is not available on ${natsUrl(options)}: ${problem}`, {
+        code: 'NO_JETSTREAM',
+        hint: 'traces are kept in a JetStream stream: restart nats-server with `nats-server -js` (or let `reins up` start one)',
+      });
+    }
+    let record: RunRecord | undefined;
     if ('runId' in parsed) {
       // A typo in a run id would otherwise wait forever in silence.
-      const known = await client.runs.get(parsed.runId).then(
-        () => true,
-        (err: unknown) => {
-          if (err instanceof Error && 'code' in err && err.code === 'NOT_FOUND') return false;
-          return true; // No supervisor: still show whatever the stream holds.
-        },
-      );
-      if (!known) {
-        throw new CliError(`no run ${parsed.runId}`, {
-          hint: 'list runs with `reins runs`, or pass a pattern such as `all`',
-        });
-      }
+      record = await client.runs.get(parsed.runId).catch((err: unknown) => {
+        if (err instanceof Error && 'code' in err && err.code === 'NOT_FOUND') {
+          throw new CliError(`no run ${parsed.runId}`, {
+            code: 'NOT_FOUND',
+            hint: 'list runs with `reins runs`, or pass a pattern such as `all`',
+          });
+        }
+        return undefined; // No supervisor: still show whatever the stream holds.
+      });
     }
     try {
       sub = await client.traces.subscribe(
@@ -124,6 +128,16 @@ export async function traceCommand(
         cause,
         hint: 'a supervisor creates it on start: run `reins up`, or check `reins doctor`',
       });
+    }
+    if ('runId' in parsed && from === 'new' && !options.watch && record !== undefined) {
+      // Read again now that the subscription is open: a run that ends from here on is seen live.
+      const now = await client.runs.get(parsed.runId).catch(() => record);
+      if (now && isRunEnded(now.status)) {
+        process.stderr.write(
+          `run ${parsed.runId} already ended (${now.status}): nothing new will come; its stored trace: reins trace ${parsed.runId}\n`,
+        );
+        return exitCodeOf(now.status);
+      }
     }
     return await done;
   } finally {
