@@ -90,7 +90,7 @@ function scoped(cmd: Command, action: ControlAction): Command {
 
 /**
  * Builds the `reins` command tree (commander). Usage errors throw a `CommanderError` (the
- * caller exits with 2); each command reports its exit code through `context.setExitCode`.
+ * caller prints it as a usage error and exits with 2); each command reports its exit code through `context.setExitCode`.
  */
 export function createProgram(context: ProgramContext): Command {
   const signal = context.signal;
@@ -101,7 +101,6 @@ export function createProgram(context: ProgramContext): Command {
     )
     .version(CLI_VERSION, '-V, --version')
     .exitOverride()
-    .showHelpAfterError('(run `reins --help` or `reins <command> --help` for usage)')
     .showSuggestionAfterError(true)
     .configureHelp({ showGlobalOptions: true })
     .addHelpText(
