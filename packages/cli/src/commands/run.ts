@@ -1,6 +1,7 @@
 import type { ReinsClient, RunHandle } from '@reins/client';
 import type { BudgetReport, RunRecord, TraceEvent } from '@reins/protocol';
 import { isRunEnded, type TraceSubscription } from '@reins/runtime';
+import { explainBudgetStop } from '../budget-stop.js';
 import { openClient, type CommonOptions } from '../connection.js';
 import { CliError, ExitCode } from '../errors.js';
 import { createStyle, formatDuration, formatUsd, printJson, println, truncate } from '../output.js';
@@ -179,9 +180,10 @@ function printSummary(
     printHaltNote(record);
   } else {
     const mark = record.status === 'stopped' ? s.yellow('■ stopped') : s.red('✗ failed');
+    const why = explainBudgetStop(record) ?? record.error?.message;
     println(
       `${mark}${record.stopReason ? ` ${record.stopReason}` : ''} after ${took} · ${spent}${
-        record.error ? `\n  ${record.error.message}` : ''
+        why ? `\n  ${why}` : ''
       }`,
     );
   }
