@@ -66,18 +66,13 @@ export async function traceCommand(
   const client = await openClient(options);
   const parsed = parseTraceTarget(target, client.runtime.subjects.prefix);
   const style = createStyle();
-  const view = new TraceView({
-    style,
-    live: !!process.stdout.isTTY && !options.json,
-    write: (t) => process.stdout.write(t),
-    showRun: !('runId' in parsed),
-  });
+  let view: TraceView | undefined;
   let sub: TraceSubscription | undefined;
   let finish: ((code: ExitCode) => void) | undefined;
   const done = new Promise<ExitCode>((resolve) => (finish = resolve));
   const onEvent = (e: TraceEvent) => {
     if (options.json) printJson(e);
-    else view.add(e);
+    else view?.add(e);
     // The run's own end; its delegated runs come with the subscription (each after the
     // `delegate.start` that made it).
     if ('runId' in parsed && e.event === 'run.end' && e.runId === parsed.runId && !options.watch) {
@@ -113,6 +108,22 @@ export async function traceCommand(
         return undefined; // No supervisor: still show whatever the stream holds.
       });
     }
+    // From now on only: start the counters where the run stands (its caps, what it spent).
+    const budget =
+      record !== undefined && from === 'new'
+        ? await client.runs
+            .handle(record.runId)
+            .budget()
+            .catch(() => undefined)
+        : undefined;
+    view = new TraceView({
+      style,
+      live: !!process.stdout.isTTY && !options.json,
+      write: (t) => process.stdout.write(t),
+      showRun: !('runId' in parsed),
+      ...(record ? { budget: record.budget } : {}),
+      ...(budget ? { spentUsd: budget.committed.usd } : {}),
+    });
     try {
       sub = await client.traces.subscribe(
         'runId' in parsed ? { runId: parsed.runId } : parsed.pattern,
@@ -122,6 +133,14 @@ export async function traceCommand(
         },
       );
       subscribedNow(sub);
+      if (!options.json && (from === 'new' || !('runId' in parsed))) {
+        // Nothing may come for a while: say that it is listening, and how to stop.
+        process.stderr.write(
+          style.dim(
+            `watching ${'runId' in parsed ? `run ${parsed.runId}` : target} for ${from === 'new' ? 'new ' : ''}trace events… (Ctrl-C to stop)\n`,
+          ),
+        );
+      }
     } catch (cause) {
       subscribedNow(undefined);
       throw new CliError('cannot read the trace stream (REINS_TRACE)', {
@@ -142,7 +161,7 @@ export async function traceCommand(
     return await done;
   } finally {
     signal.removeEventListener('abort', onAbort);
-    view.clearStatus();
+    view?.clearStatus();
     await sub?.stop();
     await client.close();
   }
