@@ -11,6 +11,8 @@ export interface Style {
   cyan(s: string): string;
   /** Colour `s` with one of a fixed palette chosen by `key` (stable per name). */
   byKey(key: string, s: string): string;
+  /** Colour `s` with the palette's `i`-th colour: distinct for up to 10 consecutive indexes. */
+  byIndex(i: number, s: string): string;
 }
 
 const PALETTE = [36, 33, 35, 32, 34, 96, 93, 95, 92, 94];
@@ -40,6 +42,9 @@ export function createStyle(stream: { isTTY?: boolean } = process.stdout): Style
       let h = 0;
       for (const ch of key) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
       return paint(PALETTE[h % PALETTE.length] ?? 36)(s);
+    },
+    byIndex(i, s) {
+      return paint(PALETTE[i % PALETTE.length] ?? 36)(s);
     },
   };
 }

@@ -346,8 +346,10 @@ Quick start:
     .option('--json', 'machine-readable JSON output')
     .action(async (opts: KeysInitOptions) => setExitCode(await keysInitCommand(opts)));
 
-  common(program.command('keygen'), { credentials: false })
+  program
+    .command('keygen')
     .description('create a supervisor signing seed and print its public key')
+    .option('--json', 'machine-readable JSON output')
     .action((opts: CommonOptions) => setExitCode(keygenCommand(opts)));
 
   return program;

@@ -63,6 +63,24 @@ export async function auditTailCommand(options: AuditTailOptions): Promise<ExitC
   } catch (err) {
     throw auditReadError(err);
   }
+  if (last.length === 0 && options.writer) {
+    // An unknown writer is a typo, not an empty log: name the writers there are.
+    const writers = new Set<string>();
+    try {
+      for await (const e of entries(client, undefined)) writers.add(e.writer);
+    } catch (err) {
+      throw auditReadError(err);
+    }
+    throw new CliError(
+      `no audit entries from writer ${options.writer}${
+        writers.size ? ` (writers: ${[...writers].sort().join(', ')})` : ': the audit log is empty'
+      }`,
+      {
+        code: 'NOT_FOUND',
+        hint: 'a writer is a supervisor id; `reins audit tail` shows every writer',
+      },
+    );
+  }
   if (options.json) {
     for (const e of last) printJson(e);
     return ExitCode.ok;

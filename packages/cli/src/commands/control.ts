@@ -93,12 +93,15 @@ export async function controlCommand(
     return ExitCode.ok;
   }
   println(`${s.bold(PAST[action])} ${describeScope(scope)}${reason ? s.dim(` — ${reason}`) : ''}`);
+  const ackedLabel = `acked (${reply.acked.length})`;
+  const missingLabel = `missing (${reply.missing.length})`;
+  const width = Math.max(ackedLabel.length, missingLabel.length) + 2;
   println(
-    `  ${s.green(`acked (${reply.acked.length})`)}   ${reply.acked.length ? reply.acked.join(', ') : s.dim('none')}`,
+    `  ${s.green(ackedLabel.padEnd(width))}${reply.acked.length ? reply.acked.join(', ') : s.dim('none')}`,
   );
   if (action === 'halt' || reply.missing.length) {
     println(
-      `  ${reply.missing.length ? s.red(`missing (${reply.missing.length})`) : `missing (0)`}  ${
+      `  ${reply.missing.length ? s.red(missingLabel.padEnd(width)) : missingLabel.padEnd(width)}${
         reply.missing.length
           ? `${reply.missing.join(', ')} ${s.dim('— fenced: their grants are refused')}`
           : s.dim('none')

@@ -170,7 +170,8 @@ function printSummary(
   const spent = `${steps}${cap.steps !== undefined ? `/${cap.steps}` : ''} steps · ${formatUsd(usd)}${
     cap.usd !== undefined ? ` of ${formatUsd(cap.usd)}` : ''
   }`;
-  const took = formatDuration((record.endedAt ?? Date.now()) - started);
+  // The record's end is the supervisor's clock: never show a negative (`-`) duration.
+  const took = formatDuration(Math.max(0, (record.endedAt ?? Date.now()) - started));
   println();
   if (record.status === 'completed') {
     println(`${s.green('✓ completed')} in ${took} · ${spent}`);
