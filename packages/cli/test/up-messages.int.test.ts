@@ -86,6 +86,7 @@ describe('reins up output, and what the commands print against it', () => {
     const r = await p.done;
     expect(r.code).toBe(0);
     const colour = new Map<string, string>();
+    // eslint-disable-next-line no-control-regex
     for (const m of r.stdout.matchAll(/\x1b\[(\d+)m\[([a-z0-9-]+)\]/g)) {
       colour.set(m[2] ?? '', m[1] ?? '');
     }
