@@ -18,6 +18,7 @@ import {
   type AuditVerifyOptions,
 } from './commands/audit.js';
 import { budgetCommand } from './commands/budget.js';
+import { callCommand, type CallOptions } from './commands/call.js';
 import { controlCommand, type ControlAction, type ControlOptions } from './commands/control.js';
 import { doctorCommand } from './commands/doctor.js';
 import { keygenCommand } from './commands/keygen.js';
@@ -27,6 +28,7 @@ import { newActorCommand, type NewActorOptions } from './commands/new-actor.js';
 import { psCommand, type PsOptions } from './commands/ps.js';
 import { runCommand, type RunOptions } from './commands/run.js';
 import { runsCommand, type RunsOptions } from './commands/runs.js';
+import { subCommand, type SubOptions } from './commands/sub.js';
 import { traceCommand, type TraceOptions } from './commands/trace.js';
 import { upCommand, type UpOptions } from './commands/up.js';
 
@@ -286,6 +288,30 @@ Quick start:
     .option('--entries', 'also every stored audit message, signatures included')
     .option('--out <file>', 'write to this file (mode 600) instead of stdout')
     .action(async (opts: AuditExportOptions) => setExitCode(await auditExportCommand(opts)));
+
+  common(program.command('sub'))
+    .description(
+      'print the messages on NATS subjects, decoded and checked against their Reins schema',
+    )
+    .argument(
+      '<pattern>',
+      'subject pattern below the prefix (hb.>, trace.*.*.*.tool.call) or a full one',
+    )
+    .option('-n, --count <n>', 'stop after this many messages', int('--count', 1))
+    .action(async (pattern: string, opts: SubOptions) =>
+      setExitCode(await subCommand(pattern, opts, signal)),
+    );
+
+  common(program.command('call'))
+    .description(
+      'send one request to any actor (a role, or a subject) with the Reins codec and print the reply',
+    )
+    .argument('<target>', 'a role (served on <prefix>.actor.<role>) or a subject (runs.list)')
+    .argument('[json]', 'the request as JSON (default {})')
+    .option('--timeout <seconds>', 'how long to wait for the reply', positive('--timeout'), 5)
+    .action(async (target: string, body: string | undefined, opts: CallOptions) =>
+      setExitCode(await callCommand(target, body, opts)),
+    );
 
   common(program.command('doctor'))
     .description(
