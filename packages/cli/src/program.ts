@@ -1,6 +1,8 @@
 import { Command, InvalidArgumentError } from 'commander';
 import type { CommonOptions } from './connection.js';
-import type { ExitCode } from './errors.js';
+import { ExitCode } from './errors.js';
+import { SHELLS, completionScript } from './completion.js';
+import { addExamples } from './help-examples.js';
 import {
   approvalsCommand,
   decideCommand,
@@ -378,5 +380,15 @@ Quick start:
     .option('--json', 'machine-readable JSON output')
     .action((opts: CommonOptions) => setExitCode(keygenCommand(opts)));
 
+  program
+    .command('completion')
+    .description('print a shell completion script (commands and options, from their definitions)')
+    .argument('<shell>', SHELLS.join(', '))
+    .action((shell: string) => {
+      process.stdout.write(completionScript(program, shell));
+      setExitCode(ExitCode.ok);
+    });
+
+  addExamples(program);
   return program;
 }
