@@ -176,6 +176,7 @@ Quick start:
       'admit the run even when no live planner serves its role (it waits for one); without it such a run is refused (NO_PLANNER)',
     )
     .option('-f, --follow', 'print the live trace tree and wait for the end')
+    .option('--wide', 'with --follow: whole lines, whatever the terminal width')
     .option(
       '--timeout <seconds>',
       'stop following after this long (exit 1; the run goes on)',
@@ -188,6 +189,12 @@ Quick start:
   common(program.command('ps'))
     .description('agents: role, status, heartbeat age, in-flight work, runs')
     .option('-a, --all', 'include agents that stopped')
+    .option('-q, --quiet', 'only the ids (agentId), one a line')
+    .option(
+      '--format <format>',
+      "json, jsonl, or a template such as '{{agentId}}\\t{{status}}' (the fields of --json)",
+    )
+    .option('--wide', 'whole ids and cells, whatever the terminal width')
     .action(async (opts: PsOptions) => setExitCode(await psCommand(opts)));
 
   common(program.command('trace'))
@@ -197,6 +204,7 @@ Quick start:
     .argument('<target>', 'run id, `all`, or a subject pattern below <prefix>.trace.')
     .option('--from <where>', 'start: stored events first; new: only from now on', 'start')
     .option('-w, --watch', 'keep watching after the run ends')
+    .option('--wide', 'whole lines, whatever the terminal width')
     .action(async (target: string, opts: TraceOptions) =>
       setExitCode(await traceCommand(target, opts, signal)),
     );
@@ -233,6 +241,12 @@ Quick start:
       'only approvals in this status (pending, approved, denied, expired)',
     )
     .option('--limit <n>', 'how many', int('--limit', 1, 1000), 100)
+    .option('-q, --quiet', 'only the ids (approvalId), one a line')
+    .option(
+      '--format <format>',
+      "json, jsonl, or a template such as '{{approvalId}}\\t{{status}}' (the fields of --json)",
+    )
+    .option('--wide', 'whole ids and cells, whatever the terminal width')
     .action(async (opts: ApprovalsOptions) => setExitCode(await approvalsCommand(opts)));
 
   common(program.command('approve'))
@@ -260,6 +274,12 @@ Quick start:
       'only runs in this status (queued, running, waiting_approval, paused, halted, completed, stopped, failed)',
     )
     .option('--limit <n>', 'how many', int('--limit', 1, 1000), 50)
+    .option('-q, --quiet', 'only the ids (runId), one a line')
+    .option(
+      '--format <format>',
+      "json, jsonl, or a template such as '{{runId}}\\t{{status}}' (the fields of --json)",
+    )
+    .option('--wide', 'whole ids and cells, whatever the terminal width')
     .action(async (opts: RunsOptions) => setExitCode(await runsCommand(opts)));
 
   const audit = program.command('audit').description('the hash-chained audit log');

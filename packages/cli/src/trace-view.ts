@@ -1,5 +1,5 @@
 import type { Budget, TraceEvent } from '@reins/protocol';
-import { formatUsd, progressBar, truncate, type Style } from './output.js';
+import { fitCell, formatUsd, progressBar, truncate, type Style } from './output.js';
 
 /** Options of `TraceView`. */
 export interface TraceViewOptions {
@@ -16,6 +16,8 @@ export interface TraceViewOptions {
   budget?: Budget;
   /** Spent before the first event shown (`--from new`: the run's committed USD). */
   spentUsd?: number;
+  /** Cut lines to this many columns (the terminal's; default: whole lines). */
+  width?: number;
 }
 
 function num(v: unknown): number {
@@ -261,14 +263,14 @@ export class TraceView {
   #line(text: string, redraw = true): void {
     const had = this.#status;
     this.clearStatus();
-    this.#o.write(`${text}\n`);
+    this.#o.write(`${this.#fit(text)}\n`);
     if (this.#o.live && had && redraw) this.#drawStatus(had);
   }
 
   #refreshStatus(): void {
     const line = this.statusLine();
     if (!this.#o.live) {
-      this.#o.write(`${' '.repeat(10)}${this.#o.style.dim(line)}\n`);
+      this.#o.write(`${this.#fit(`${' '.repeat(10)}${this.#o.style.dim(line)}`)}\n`);
       return;
     }
     this.clearStatus();
@@ -277,6 +279,12 @@ export class TraceView {
 
   #drawStatus(line: string): void {
     this.#status = line;
-    this.#o.write(`${' '.repeat(10)}${this.#o.style.bold(line)}`);
+    this.#o.write(this.#fit(`${' '.repeat(10)}${this.#o.style.bold(line)}`));
+  }
+
+  /** A line cut to the width, so a terminal never wraps it (a wrapped status line smears). */
+  #fit(text: string): string {
+    const width = this.#o.width ?? Infinity;
+    return Number.isFinite(width) ? fitCell(text, width) : text;
   }
 }

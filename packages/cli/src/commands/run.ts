@@ -4,7 +4,15 @@ import { isRunEnded, type TraceSubscription } from '@reins/runtime';
 import { explainBudgetStop } from '../budget-stop.js';
 import { openClient, type CommonOptions } from '../connection.js';
 import { CliError, ExitCode } from '../errors.js';
-import { createStyle, formatDuration, formatUsd, printJson, println, truncate } from '../output.js';
+import {
+  createStyle,
+  formatDuration,
+  formatUsd,
+  outputWidth,
+  printJson,
+  println,
+  truncate,
+} from '../output.js';
 import { TraceView } from '../trace-view.js';
 
 /** Options of `reins run`. */
@@ -17,6 +25,8 @@ export interface RunOptions extends CommonOptions {
   timeout?: number;
   /** Admit the run even when no live planner serves its role (`NO_PLANNER` otherwise). */
   waitForPlanner?: boolean;
+  /** Whole trace lines, whatever the terminal width. */
+  wide?: boolean;
 }
 
 /** Exit code of a finished run: 0 completed, 3 stopped or halted, 1 failed. */
@@ -83,6 +93,7 @@ async function follow(
     style,
     live: !!process.stdout.isTTY && !json,
     write: (t) => process.stdout.write(t),
+    width: outputWidth(options.wide),
     budget: {
       ...(options.budgetUsd !== undefined ? { usd: options.budgetUsd } : {}),
       ...(options.maxSteps !== undefined ? { steps: options.maxSteps } : {}),

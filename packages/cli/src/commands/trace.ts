@@ -3,7 +3,8 @@ import type { RunRecord } from '@reins/protocol';
 import { isRunEnded, type TraceStart, type TraceSubscription } from '@reins/runtime';
 import { natsUrl, openClient, type CommonOptions } from '../connection.js';
 import { CliError, ExitCode, usageError } from '../errors.js';
-import { createStyle, printJson } from '../output.js';
+import { createStyle, outputWidth, printJson } from '../output.js';
+import { resolveId } from '../id-prefix.js';
 import { jetStreamProblem } from '../jetstream.js';
 import { TraceView } from '../trace-view.js';
 import { exitCodeOf } from './run.js';
@@ -13,6 +14,8 @@ export interface TraceOptions extends CommonOptions {
   from?: string;
   /** Keep watching after the run ends (a run id only). */
   watch?: boolean;
+  /** Whole lines, whatever the terminal width. */
+  wide?: boolean;
 }
 
 const PATTERN_TOKEN = /^([A-Za-z0-9_-]{1,64}|\*|>)$/;
@@ -64,7 +67,9 @@ export async function traceCommand(
 ): Promise<ExitCode> {
   const from = parseFrom(options.from);
   const client = await openClient(options);
-  const parsed = parseTraceTarget(target, client.runtime.subjects.prefix);
+  const given = parseTraceTarget(target, client.runtime.subjects.prefix);
+  // A run id may be given by a unique prefix (`reins trace 7f3a`).
+  const parsed = 'runId' in given ? { runId: await resolveId(client, 'run', given.runId) } : given;
   const style = createStyle();
   let view: TraceView | undefined;
   let sub: TraceSubscription | undefined;
@@ -121,6 +126,7 @@ export async function traceCommand(
       live: !!process.stdout.isTTY && !options.json,
       write: (t) => process.stdout.write(t),
       showRun: !('runId' in parsed),
+      width: outputWidth(options.wide),
       ...(record ? { budget: record.budget } : {}),
       ...(budget ? { spentUsd: budget.committed.usd } : {}),
     });
