@@ -9,6 +9,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { reins } from './cli-process.js';
 
 const DOCS = readFileSync(fileURLToPath(new URL('../../../docs/cli.md', import.meta.url)), 'utf8');
+const README = readFileSync(fileURLToPath(new URL('../../../README.md', import.meta.url)), 'utf8');
 
 /** Every command path (`reins audit tail`) with its options, from the generated bash script. */
 function commandsOf(bash: string): Map<string, string[]> {
@@ -68,6 +69,26 @@ describe('help, completion and docs come from the command definitions', () => {
       );
       for (const o of options.filter((x) => x.startsWith('--') && x !== '--help')) {
         expect(DOCS, `${path} ${o}`).toContain(o);
+      }
+    }
+  });
+
+  it('the README’s reins commands name commands and options that exist', () => {
+    const used = README.split('\n')
+      .map((l) => l.replace(/#.*$/, '').trim())
+      .flatMap((l) => l.split(/;\s*/))
+      .filter((l) => l.startsWith('reins '));
+    expect(used.length).toBeGreaterThan(5);
+    for (const line of used) {
+      const words = line.split(/\s+/);
+      let path = 'reins';
+      for (const w of words.slice(1)) {
+        if (commands.has(`${path} ${w}`)) path = `${path} ${w}`;
+        else break;
+      }
+      expect(path, line).not.toBe('reins');
+      for (const flag of words.filter((w) => w.startsWith('-'))) {
+        expect(commands.get(path), `${line}: ${flag}`).toContain(flag);
       }
     }
   });
