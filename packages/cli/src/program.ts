@@ -287,6 +287,7 @@ Quick start:
     .description('the last entries of the audit log')
     .option('-n, --lines <n>', 'how many entries', int('--lines', 1, 100_000), 20)
     .option('--writer <id>', 'only one supervisor instance')
+    .option('--wide', 'whole lines, whatever the terminal width')
     .action(async (opts: AuditTailOptions) => setExitCode(await auditTailCommand(opts)));
   common(audit.command('verify'))
     .description(

@@ -111,6 +111,16 @@ describe('reins up output, and what the commands print against it', () => {
     expect((await reins(['resume', '--all'], env)).code).toBe(0);
   });
 
+  it('audit tail fits the terminal width; --wide keeps lines whole', async () => {
+    const narrow = await reins(['audit', 'tail', '-n', '5'], { ...env, COLUMNS: '60' });
+    expect(narrow.code).toBe(0);
+    const shown = narrow.stdout.split('\n').filter(Boolean);
+    expect(shown.length).toBeGreaterThan(0);
+    for (const l of shown) expect(l.length).toBeLessThanOrEqual(60);
+    const wide = await reins(['audit', 'tail', '-n', '5', '--wide'], { ...env, COLUMNS: '60' });
+    expect(wide.stdout.split('\n').some((l) => l.length > 60)).toBe(true);
+  });
+
   it('audit tail --writer <unknown> names the writers there are (NOT_FOUND)', async () => {
     const r = await reins(['audit', 'tail', '--writer', 'nobody'], env);
     expect(r.code).toBe(1);

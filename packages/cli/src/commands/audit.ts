@@ -12,12 +12,14 @@ import {
 import type { ReinsClient } from '@reins/client';
 import { cliIdentity, openClient, type CommonOptions } from '../connection.js';
 import { CliError, ExitCode, isPermissionError } from '../errors.js';
-import { createStyle, printJson, println, truncate } from '../output.js';
+import { createStyle, fitCell, outputWidth, printJson, println, truncate } from '../output.js';
 
 /** Options of `reins audit tail`. */
 export interface AuditTailOptions extends CommonOptions {
   lines?: number;
   writer?: string;
+  /** Whole lines, whatever the terminal width. */
+  wide?: boolean;
 }
 
 function auditReadError(cause: unknown): CliError {
@@ -87,15 +89,16 @@ export async function auditTailCommand(options: AuditTailOptions): Promise<ExitC
   }
   const s = createStyle();
   if (last.length === 0) println('the audit log is empty');
+  const width = outputWidth(options.wide);
   for (const e of last) {
     const details = Object.keys(e.details).length
-      ? s.dim(truncate(JSON.stringify(e.details), 100))
+      ? s.dim(options.wide ? JSON.stringify(e.details) : truncate(JSON.stringify(e.details), 100))
       : '';
-    println(
+    const line =
       `${s.dim(new Date(e.ts).toISOString())} ${s.byKey(e.writer, `${e.writer}#${e.seq}`)} ${s.bold(e.action.padEnd(10))} ${truncate(e.actor, 40)}${
         e.runId ? ` run=${e.runId}` : ''
-      }${e.rule ? ` rule=${e.rule}` : ''} ${details}`.trimEnd(),
-    );
+      }${e.rule ? ` rule=${e.rule}` : ''} ${details}`.trimEnd();
+    println(Number.isFinite(width) ? fitCell(line, width) : line);
   }
   return ExitCode.ok;
 }
