@@ -108,6 +108,7 @@ export function explainError(err: unknown, context: { natsUrl: string }): CliErr
         if (err.message.startsWith('cannot connect to NATS')) {
           return new CliError(`cannot connect to NATS at ${context.natsUrl}`, {
             cause: err,
+            code: 'NATS_UNREACHABLE',
             hint:
               'start a local swarm with `reins up`, or point --nats / NATS_URL at a running ' +
               'nats-server (with JetStream: `nats-server -js`)',
@@ -116,21 +117,28 @@ export function explainError(err: unknown, context: { natsUrl: string }): CliErr
         if (err.message.startsWith('cannot create Reins streams')) {
           return new CliError(`JetStream is not available on ${context.natsUrl}`, {
             cause: err,
+            code: 'NO_JETSTREAM',
             hint: 'restart nats-server with JetStream enabled: `nats-server -js`',
           });
         }
         if (subject) {
           return new CliError(`no supervisor answered on ${subject}`, {
             cause: err,
+            code: 'NO_SUPERVISOR',
             hint: START_SUPERVISOR,
           });
         }
-        return new CliError(err.message, { cause: err, hint: 'check `reins doctor`' });
+        return new CliError(err.message, {
+          cause: err,
+          code: 'UNAVAILABLE',
+          hint: 'check `reins doctor`',
+        });
       case 'TIMEOUT':
         return new CliError(
           subject ? `no answer on ${subject} in time` : `timed out: ${err.message}`,
           {
             cause: err,
+            code: 'TIMEOUT',
             hint: 'the supervisor may be overloaded or stuck; check `reins ps` and its logs',
           },
         );
@@ -143,6 +151,7 @@ export function explainError(err: unknown, context: { natsUrl: string }): CliErr
       case 'HALTED':
         return new CliError(`refused: ${err.message}`, {
           cause: err,
+          code: 'HALTED',
           hint: 'a halt covers this; lift it with `reins resume` and the same scope (e.g. --all)',
         });
       case 'NO_PLANNER': {
@@ -160,9 +169,13 @@ export function explainError(err: unknown, context: { natsUrl: string }): CliErr
         });
       }
       case 'BAD_REQUEST':
-        return new CliError(err.message, { cause: err, exitCode: ExitCode.usage });
+        return new CliError(err.message, {
+          cause: err,
+          code: 'BAD_REQUEST',
+          exitCode: ExitCode.usage,
+        });
       default:
-        return new CliError(`${err.code}: ${err.message}`, { cause: err });
+        return new CliError(err.message, { cause: err, code: err.code });
     }
   }
   if (err instanceof Error) return new CliError(err.message, { cause: err });

@@ -24,19 +24,24 @@ function fieldValue(v: unknown): string {
   return s.length > 200 ? `${s.slice(0, 199)}…` : s;
 }
 
+/** A service's log line as the JSON object it is (pino), or undefined for plain text. */
+export function parseLogRecord(line: string): Record<string, unknown> | undefined {
+  if (!line.startsWith('{')) return undefined;
+  try {
+    const rec: unknown = JSON.parse(line);
+    return isRecord(rec) ? rec : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Renders one service log line for a human: a pino JSON line becomes
  * `INFO  planner ready agentId=planner-1 role=planner`; anything else is returned unchanged.
  */
 export function formatLogLine(line: string, style: Style): string {
-  if (!line.startsWith('{')) return line;
-  let rec: unknown;
-  try {
-    rec = JSON.parse(line);
-  } catch {
-    return line;
-  }
-  if (!isRecord(rec)) return line;
+  const rec = parseLogRecord(line);
+  if (!rec) return line;
   const level = typeof rec['level'] === 'number' ? rec['level'] : 30;
   const label = (LEVELS[level] ?? String(level)).padEnd(5);
   const painted =

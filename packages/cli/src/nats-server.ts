@@ -136,7 +136,18 @@ export async function startLocalNats(options: LocalNatsOptions): Promise<LocalNa
     process.removeListener('exit', killOnExit);
     await rm(storeDir, { recursive: true, force: true });
     const why = cause instanceof Error ? cause.message : String(cause);
-    throw new CliError(`nats-server failed to start (${why})\n${tail.trimEnd()}`, {
+    if (port > 0 && /address already in use/i.test(tail)) {
+      throw new CliError(`port ${port} is already in use: nats-server cannot listen on it`, {
+        cause,
+        code: 'PORT_IN_USE',
+        exitCode: ExitCode.usage,
+        hint: 'pick another with --port, or omit --port for a free one',
+      });
+    }
+    // Its errors say why; its start-up banner does not.
+    const errors = tail.split('\n').filter((l) => /\[(ERR|FTL)\]/.test(l));
+    const shown = (errors.length ? errors : tail.trimEnd().split('\n').slice(-5)).join('\n');
+    throw new CliError(`nats-server failed to start (${why})\n${shown}`, {
       cause,
       hint:
         port > 0

@@ -11,6 +11,8 @@ export interface Style {
   cyan(s: string): string;
   /** Colour `s` with one of a fixed palette chosen by `key` (stable per name). */
   byKey(key: string, s: string): string;
+  /** Colour `s` with the palette's `i`-th colour: distinct for up to 10 consecutive indexes. */
+  byIndex(i: number, s: string): string;
 }
 
 const PALETTE = [36, 33, 35, 32, 34, 96, 93, 95, 92, 94];
@@ -41,6 +43,9 @@ export function createStyle(stream: { isTTY?: boolean } = process.stdout): Style
       for (const ch of key) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
       return paint(PALETTE[h % PALETTE.length] ?? 36)(s);
     },
+    byIndex(i, s) {
+      return paint(PALETTE[i % PALETTE.length] ?? 36)(s);
+    },
   };
 }
 
@@ -62,15 +67,58 @@ export function println(line = ''): void {
   process.stdout.write(`${line}\n`);
 }
 
-/** Lays rows out in left-aligned columns under a header, two spaces apart. */
+/**
+ * Columns output should fit in: unlimited with `wide`; else the terminal's width, or `COLUMNS`
+ * when stdout is not a terminal (unlimited without it, as `kubectl get` and `docker ps` pipe
+ * whole lines).
+ */
+export function outputWidth(wide?: boolean, stream: NodeJS.WriteStream = process.stdout): number {
+  if (wide) return Infinity;
+  if (stream.isTTY && stream.columns > 0) return stream.columns;
+  const env = Number(process.env['COLUMNS']);
+  return Number.isInteger(env) && env > 0 ? env : Infinity;
+}
+
+/** Cuts a cell to `max` visible characters with an ellipsis (its colours go when it is cut). */
+export function fitCell(cell: string, max: number): string {
+  if (visibleWidth(cell) <= max) return cell;
+  const plain = cell.replace(ANSI, '');
+  return `${plain.slice(0, Math.max(0, max - 1))}…`;
+}
+
+/** Options of `formatTable`. */
+export interface TableOptions {
+  /** Fit the lines into this many columns (default: unlimited). */
+  width?: number;
+  /**
+   * Columns that give up room when the table is too wide, in order (default: the last one);
+   * each keeps at least 6 characters.
+   */
+  shrink?: readonly number[];
+}
+
+/**
+ * Lays rows out in left-aligned columns under a header, two spaces apart. Wider than
+ * `options.width`, the `shrink` columns are cut (with `…`) until it fits, as kubectl does.
+ */
 export function formatTable(
   header: readonly string[],
   rows: readonly (readonly string[])[],
   style: Style,
+  options: TableOptions = {},
 ): string {
   const widths = header.map((h, i) =>
     Math.max(visibleWidth(h), ...rows.map((r) => visibleWidth(r[i] ?? ''))),
   );
+  const max = options.width ?? Infinity;
+  const total = () => widths.reduce((a, b) => a + b, 0) + 2 * (widths.length - 1);
+  for (const i of options.shrink ?? [header.length - 1]) {
+    const over = total() - max;
+    if (over <= 0) break;
+    const w = widths[i] ?? 0;
+    widths[i] = Math.max(Math.min(w, 6), w - over, visibleWidth(header[i] ?? ''));
+  }
+  if (Number.isFinite(max)) rows = rows.map((r) => r.map((c, i) => fitCell(c, widths[i] ?? 0)));
   const line = (cells: readonly string[]) =>
     cells
       .map((c, i) =>

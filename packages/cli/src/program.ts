@@ -1,6 +1,8 @@
 import { Command, InvalidArgumentError } from 'commander';
 import type { CommonOptions } from './connection.js';
-import type { ExitCode } from './errors.js';
+import { ExitCode } from './errors.js';
+import { SHELLS, completionScript } from './completion.js';
+import { addExamples } from './help-examples.js';
 import {
   approvalsCommand,
   decideCommand,
@@ -18,6 +20,7 @@ import {
   type AuditVerifyOptions,
 } from './commands/audit.js';
 import { budgetCommand } from './commands/budget.js';
+import { callCommand, type CallOptions } from './commands/call.js';
 import { controlCommand, type ControlAction, type ControlOptions } from './commands/control.js';
 import { doctorCommand } from './commands/doctor.js';
 import { keygenCommand } from './commands/keygen.js';
@@ -27,6 +30,7 @@ import { newActorCommand, type NewActorOptions } from './commands/new-actor.js';
 import { psCommand, type PsOptions } from './commands/ps.js';
 import { runCommand, type RunOptions } from './commands/run.js';
 import { runsCommand, type RunsOptions } from './commands/runs.js';
+import { subCommand, type SubOptions } from './commands/sub.js';
 import { traceCommand, type TraceOptions } from './commands/trace.js';
 import { upCommand, type UpOptions } from './commands/up.js';
 
@@ -90,7 +94,7 @@ function scoped(cmd: Command, action: ControlAction): Command {
 
 /**
  * Builds the `reins` command tree (commander). Usage errors throw a `CommanderError` (the
- * caller exits with 2); each command reports its exit code through `context.setExitCode`.
+ * caller prints it as a usage error and exits with 2); each command reports its exit code through `context.setExitCode`.
  */
 export function createProgram(context: ProgramContext): Command {
   const signal = context.signal;
@@ -101,7 +105,6 @@ export function createProgram(context: ProgramContext): Command {
     )
     .version(CLI_VERSION, '-V, --version')
     .exitOverride()
-    .showHelpAfterError('(run `reins --help` or `reins <command> --help` for usage)')
     .showSuggestionAfterError(true)
     .configureHelp({ showGlobalOptions: true })
     .addHelpText(
@@ -173,6 +176,7 @@ Quick start:
       'admit the run even when no live planner serves its role (it waits for one); without it such a run is refused (NO_PLANNER)',
     )
     .option('-f, --follow', 'print the live trace tree and wait for the end')
+    .option('--wide', 'with --follow: whole lines, whatever the terminal width')
     .option(
       '--timeout <seconds>',
       'stop following after this long (exit 1; the run goes on)',
@@ -185,6 +189,12 @@ Quick start:
   common(program.command('ps'))
     .description('agents: role, status, heartbeat age, in-flight work, runs')
     .option('-a, --all', 'include agents that stopped')
+    .option('-q, --quiet', 'only the ids (agentId), one a line')
+    .option(
+      '--format <format>',
+      "json, jsonl, or a template such as '{{agentId}}\\t{{status}}' (the fields of --json)",
+    )
+    .option('--wide', 'whole ids and cells, whatever the terminal width')
     .action(async (opts: PsOptions) => setExitCode(await psCommand(opts)));
 
   common(program.command('trace'))
@@ -194,6 +204,7 @@ Quick start:
     .argument('<target>', 'run id, `all`, or a subject pattern below <prefix>.trace.')
     .option('--from <where>', 'start: stored events first; new: only from now on', 'start')
     .option('-w, --watch', 'keep watching after the run ends')
+    .option('--wide', 'whole lines, whatever the terminal width')
     .action(async (target: string, opts: TraceOptions) =>
       setExitCode(await traceCommand(target, opts, signal)),
     );
@@ -230,6 +241,12 @@ Quick start:
       'only approvals in this status (pending, approved, denied, expired)',
     )
     .option('--limit <n>', 'how many', int('--limit', 1, 1000), 100)
+    .option('-q, --quiet', 'only the ids (approvalId), one a line')
+    .option(
+      '--format <format>',
+      "json, jsonl, or a template such as '{{approvalId}}\\t{{status}}' (the fields of --json)",
+    )
+    .option('--wide', 'whole ids and cells, whatever the terminal width')
     .action(async (opts: ApprovalsOptions) => setExitCode(await approvalsCommand(opts)));
 
   common(program.command('approve'))
@@ -257,6 +274,12 @@ Quick start:
       'only runs in this status (queued, running, waiting_approval, paused, halted, completed, stopped, failed)',
     )
     .option('--limit <n>', 'how many', int('--limit', 1, 1000), 50)
+    .option('-q, --quiet', 'only the ids (runId), one a line')
+    .option(
+      '--format <format>',
+      "json, jsonl, or a template such as '{{runId}}\\t{{status}}' (the fields of --json)",
+    )
+    .option('--wide', 'whole ids and cells, whatever the terminal width')
     .action(async (opts: RunsOptions) => setExitCode(await runsCommand(opts)));
 
   const audit = program.command('audit').description('the hash-chained audit log');
@@ -264,6 +287,7 @@ Quick start:
     .description('the last entries of the audit log')
     .option('-n, --lines <n>', 'how many entries', int('--lines', 1, 100_000), 20)
     .option('--writer <id>', 'only one supervisor instance')
+    .option('--wide', 'whole lines, whatever the terminal width')
     .action(async (opts: AuditTailOptions) => setExitCode(await auditTailCommand(opts)));
   common(audit.command('verify'))
     .description(
@@ -287,6 +311,30 @@ Quick start:
     .option('--entries', 'also every stored audit message, signatures included')
     .option('--out <file>', 'write to this file (mode 600) instead of stdout')
     .action(async (opts: AuditExportOptions) => setExitCode(await auditExportCommand(opts)));
+
+  common(program.command('sub'))
+    .description(
+      'print the messages on NATS subjects, decoded and checked against their Reins schema',
+    )
+    .argument(
+      '<pattern>',
+      'subject pattern below the prefix (hb.>, trace.*.*.*.tool.call) or a full one',
+    )
+    .option('-n, --count <n>', 'stop after this many messages', int('--count', 1))
+    .action(async (pattern: string, opts: SubOptions) =>
+      setExitCode(await subCommand(pattern, opts, signal)),
+    );
+
+  common(program.command('call'))
+    .description(
+      'send one request to any actor (a role, or a subject) with the Reins codec and print the reply',
+    )
+    .argument('<target>', 'a role (served on <prefix>.actor.<role>) or a subject (runs.list)')
+    .argument('[json]', 'the request as JSON (default {})')
+    .option('--timeout <seconds>', 'how long to wait for the reply', positive('--timeout'), 5)
+    .action(async (target: string, body: string | undefined, opts: CallOptions) =>
+      setExitCode(await callCommand(target, body, opts)),
+    );
 
   common(program.command('doctor'))
     .description(
@@ -347,9 +395,21 @@ Quick start:
     .option('--json', 'machine-readable JSON output')
     .action(async (opts: KeysInitOptions) => setExitCode(await keysInitCommand(opts)));
 
-  common(program.command('keygen'), { credentials: false })
+  program
+    .command('keygen')
     .description('create a supervisor signing seed and print its public key')
+    .option('--json', 'machine-readable JSON output')
     .action((opts: CommonOptions) => setExitCode(keygenCommand(opts)));
 
+  program
+    .command('completion')
+    .description('print a shell completion script (commands and options, from their definitions)')
+    .argument('<shell>', SHELLS.join(', '))
+    .action((shell: string) => {
+      process.stdout.write(completionScript(program, shell));
+      setExitCode(ExitCode.ok);
+    });
+
+  addExamples(program);
   return program;
 }

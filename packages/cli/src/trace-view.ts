@@ -1,5 +1,5 @@
 import type { Budget, TraceEvent } from '@reins/protocol';
-import { formatUsd, progressBar, truncate, type Style } from './output.js';
+import { fitCell, formatUsd, progressBar, truncate, type Style } from './output.js';
 
 /** Options of `TraceView`. */
 export interface TraceViewOptions {
@@ -14,6 +14,10 @@ export interface TraceViewOptions {
   showRun?: boolean;
   /** Known caps of the root run, until its `run.start` event says. */
   budget?: Budget;
+  /** Spent before the first event shown (`--from new`: the run's committed USD). */
+  spentUsd?: number;
+  /** Cut lines to this many columns (the terminal's; default: whole lines). */
+  width?: number;
 }
 
 function num(v: unknown): number {
@@ -36,7 +40,8 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 export class TraceView {
   readonly #o: TraceViewOptions;
   readonly #depth = new Map<string, number>();
-  readonly #steps = new Set<string>();
+  /** Highest step number seen per run (step numbers count from the run's start). */
+  readonly #steps = new Map<string, number>();
   #root: string | undefined;
   #usd = 0;
   #budget: Budget;
@@ -46,6 +51,7 @@ export class TraceView {
   constructor(options: TraceViewOptions) {
     this.#o = options;
     this.#budget = options.budget ?? {};
+    this.#usd = options.spentUsd ?? 0;
     this.#startedAt = options.startedAt;
   }
 
@@ -54,9 +60,14 @@ export class TraceView {
     return this.#usd;
   }
 
-  /** Steps finished so far across the run tree. */
+  /**
+   * Steps so far across the runs shown: per run the highest step number seen (a step counts from
+   * its `step.start`, as the tree shows it; numbers are the run's own, also with `--from new`).
+   */
   get steps(): number {
-    return this.#steps.size;
+    let n = 0;
+    for (const v of this.#steps.values()) n += v;
+    return n;
   }
 
   /** Runs whose events this view has placed (the root and delegated children). */
@@ -66,6 +77,11 @@ export class TraceView {
 
   /** The status line as it stands: budget bar and step counter. */
   statusLine(): string {
+    if (this.#o.showRun) {
+      // Many unrelated runs: one root's caps would mean nothing (`step 92/20`).
+      const runs = this.#depth.size;
+      return `${runs} run${runs === 1 ? '' : 's'}  ${formatUsd(this.#usd)} spent  ${this.steps} step${this.steps === 1 ? '' : 's'}`;
+    }
     const { usd, steps } = this.#budget;
     const money =
       usd !== undefined
@@ -114,10 +130,13 @@ export class TraceView {
       }
       case 'step.start':
         depth = base + 1;
+        this.#countStep(e.runId, num(d['step']), true);
+        // A terminal's counter moves with the tree; a log gets its bar line at step.end.
+        status = this.#o.live;
         text = `${s.bold(`step ${num(d['step']) || str(e.stepId)}`)} ${who}`;
         break;
       case 'step.end': {
-        this.#steps.add(`${e.runId}/${e.stepId ?? str(d['step'])}`);
+        this.#countStep(e.runId, num(d['step']), false);
         status = true;
         if (typeof d['denied'] === 'string') {
           depth = base + 1;
@@ -224,8 +243,15 @@ export class TraceView {
     }
     const t = ((e.ts - (this.#startedAt ?? e.ts)) / 1000).toFixed(3);
     const run = this.#o.showRun ? `${s.dim(e.runId.slice(-12).padStart(12))} ` : '';
-    this.#line(`${s.dim(`+${t}s`.padStart(9))} ${run}${'  '.repeat(depth)}${text}`);
+    // A line that changes the counters gets the new status line under it, not the old one.
+    this.#line(`${s.dim(`+${t}s`.padStart(9))} ${run}${'  '.repeat(depth)}${text}`, !status);
     if (status) this.#refreshStatus();
+  }
+
+  #countStep(runId: string, step: number, started: boolean): void {
+    const seen = this.#steps.get(runId) ?? 0;
+    // A step without a number (another planner's events) counts once, at its start.
+    this.#steps.set(runId, step > 0 ? Math.max(seen, step) : seen + (started ? 1 : 0));
   }
 
   /** Clears the live status line (call before other output and at the end). */
@@ -234,17 +260,17 @@ export class TraceView {
     this.#status = '';
   }
 
-  #line(text: string): void {
+  #line(text: string, redraw = true): void {
     const had = this.#status;
     this.clearStatus();
-    this.#o.write(`${text}\n`);
-    if (this.#o.live && had) this.#drawStatus(had);
+    this.#o.write(`${this.#fit(text)}\n`);
+    if (this.#o.live && had && redraw) this.#drawStatus(had);
   }
 
   #refreshStatus(): void {
     const line = this.statusLine();
     if (!this.#o.live) {
-      this.#o.write(`${' '.repeat(10)}${this.#o.style.dim(line)}\n`);
+      this.#o.write(`${this.#fit(`${' '.repeat(10)}${this.#o.style.dim(line)}`)}\n`);
       return;
     }
     this.clearStatus();
@@ -253,6 +279,12 @@ export class TraceView {
 
   #drawStatus(line: string): void {
     this.#status = line;
-    this.#o.write(`${' '.repeat(10)}${this.#o.style.bold(line)}`);
+    this.#o.write(this.#fit(`${' '.repeat(10)}${this.#o.style.bold(line)}`));
+  }
+
+  /** A line cut to the width, so a terminal never wraps it (a wrapped status line smears). */
+  #fit(text: string): string {
+    const width = this.#o.width ?? Infinity;
+    return Number.isFinite(width) ? fitCell(text, width) : text;
   }
 }

@@ -144,3 +144,84 @@ export function reinsUp(
     },
   };
 }
+
+/** A running `reins` command a test talks to while it runs (signals, output as it comes). */
+export interface ReinsProcess {
+  readonly child: ChildProcess;
+  /** Resolves once stdout holds `text` (rejects when the command exits before). */
+  waitForStdout(text: string): Promise<void>;
+  /** Resolves once `test` holds for the output so far (rejects when the command exits before). */
+  waitFor(test: (out: { stdout: string; stderr: string }) => boolean): Promise<void>;
+  /** Resolves with the result once the command has exited. */
+  readonly done: Promise<CliResult>;
+}
+
+/**
+ * Starts `reins <args>` without waiting for it; SIGKILLs it after `timeoutMs` (a hang). With
+ * `tty`, it runs under `script`, with a terminal of `tty.columns` as its stdout.
+ */
+export function spawnReins(
+  args: string[],
+  env: Record<string, string | undefined> = {},
+  timeoutMs = 60_000,
+  options: { tty?: { columns: number } } = {},
+): ReinsProcess {
+  const argv = [CLI, ...args];
+  const quoted = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
+  const child = options.tty
+    ? spawn(
+        'script',
+        [
+          '-qec',
+          `stty cols ${options.tty.columns} rows 50; exec ${[process.execPath, ...argv].map(quoted).join(' ')}`,
+          '/dev/null',
+        ],
+        { env: childEnv(env), stdio: ['pipe', 'pipe', 'pipe'] },
+      )
+    : spawn(process.execPath, argv, { env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+  const out = { stdout: '', stderr: '' };
+  const waiters = new Set<{ test: (o: typeof out) => boolean; resolve: () => void }>();
+  const check = () => {
+    for (const w of [...waiters]) {
+      if (w.test(out)) {
+        waiters.delete(w);
+        w.resolve();
+      }
+    }
+  };
+  child.stdout?.on('data', (d: Buffer) => {
+    out.stdout += d.toString();
+    check();
+  });
+  child.stderr?.on('data', (d: Buffer) => {
+    out.stderr += d.toString();
+    check();
+  });
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const done = new Promise<CliResult>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, ...out });
+    });
+  });
+  const waitFor = (test: (o: typeof out) => boolean): Promise<void> => {
+    if (test(out)) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      waiters.add({ test, resolve });
+      void done.then((r) =>
+        reject(
+          new Error(
+            `reins exited (${String(r.code)}) before it was expected to:\n${r.stdout}\n${r.stderr}`,
+          ),
+        ),
+      );
+    });
+  };
+  return {
+    child,
+    done,
+    waitFor,
+    waitForStdout: (text) => waitFor((o) => o.stdout.includes(text)),
+  };
+}

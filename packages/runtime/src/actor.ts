@@ -599,6 +599,16 @@ export class Actor implements AsyncDisposable {
         stillRunning = this.#units.size;
         break;
     }
+    // Presence shows the new status before the ack says it is done (`reins ps` right after a
+    // halt or resume), bounded so that a slow KV never holds the ack back for long.
+    if (coversSelf && ctl.type !== 'drain') {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        this.#heartbeat(),
+        new Promise<void>((resolve) => (timer = setTimeout(resolve, 1000))),
+      ]);
+      clearTimeout(timer);
+    }
     // The control message is honoured either way (a halt must not be dodged); only the ack
     // stays inside the inboxes.
     if (msg.reply && this.#replyAllowed(msg, msg.subject)) {

@@ -78,6 +78,12 @@ export type ReserveResult =
       cap: number;
       /** committed + reserved + amount on that dimension, had it been admitted. */
       wouldBe: number;
+      /** The amount asked for on that dimension (a model call's worst case: input + output cap). */
+      requested: number;
+      /** Spent (settled or charged) on that dimension. */
+      committed: number;
+      /** Held by other open reservations on that dimension. */
+      reserved: number;
     };
 
 /** What `settle` answers. */
@@ -252,7 +258,18 @@ function cloneDoc(doc: ScopeDoc): ScopeDoc {
 export type Fit = { ok: true } | Extract<ReserveResult, { ok: false }>;
 
 function fits(scope: string, doc: ScopeDoc, amount: Amount): Fit {
-  if (doc.sealed) return { ok: false, scope, dimension: 'sealed', cap: 0, wouldBe: 0 };
+  if (doc.sealed) {
+    return {
+      ok: false,
+      scope,
+      dimension: 'sealed',
+      cap: 0,
+      wouldBe: 0,
+      requested: 0,
+      committed: 0,
+      reserved: 0,
+    };
+  }
   const reserved = reservedOf(doc);
   for (const d of DIMENSIONS) {
     const cap = capOf(doc.cap, d);
@@ -266,6 +283,9 @@ function fits(scope: string, doc: ScopeDoc, amount: Amount): Fit {
         dimension: d,
         cap: userUnits(d, cap),
         wouldBe: userUnits(d, wouldBe),
+        requested: userUnits(d, want),
+        committed: userUnits(d, dim(doc.committed, d)),
+        reserved: userUnits(d, dim(reserved, d)),
       };
     }
   }

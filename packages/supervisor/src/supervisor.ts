@@ -436,11 +436,25 @@ export async function startSupervisor(
     }
   };
 
+  // A model call reserves its worst case before it runs: say that it is the reservation that
+  // did not fit, not money already spent.
   const denyBudget = (res: Extract<ReserveResult, { ok: false }>) =>
     new BudgetExceededError(
-      `budget exceeded on ${res.scope} (${res.dimension}: ${res.wouldBe} > ${res.cap})`,
+      res.dimension === 'sealed'
+        ? `budget exceeded on ${res.scope} (its budget was already released)`
+        : `budget exceeded on ${res.scope} (${res.dimension}): this call's worst-case reservation ` +
+            `${res.requested} does not fit — committed ${res.committed} + reserved ` +
+            `${res.reserved} + ${res.requested} = ${res.wouldBe} > cap ${res.cap}`,
       {
-        details: { scope: res.scope, dimension: res.dimension, cap: res.cap, wouldBe: res.wouldBe },
+        details: {
+          scope: res.scope,
+          dimension: res.dimension,
+          cap: res.cap,
+          wouldBe: res.wouldBe,
+          requested: res.requested,
+          committed: res.committed,
+          reserved: res.reserved,
+        },
       },
     );
 

@@ -74,6 +74,9 @@ describe('BudgetLedger', () => {
       dimension: 'usd',
       cap: 0.05,
       wouldBe: 0.1,
+      requested: 0.1,
+      committed: 0,
+      reserved: 0,
     });
     // `agent.` sorts before `run.`: make the later scope refuse too, so a rollback is needed.
     await ledger(0).setCap(`agent.${agentId}`, { usd: 5, tokens: 1000 });

@@ -6,11 +6,14 @@ import {
   createStyle,
   formatDuration,
   formatTable,
+  outputWidth,
   printJson,
   println,
   truncate,
   type Style,
 } from '../output.js';
+import { resolveId, shortIds } from '../id-prefix.js';
+import { printList, type ListOptions } from '../list-output.js';
 import { requireId } from './ids.js';
 
 /** The statuses an approval can have. */
@@ -18,7 +21,7 @@ export const APPROVAL_STATUSES = ['pending', 'approved', 'denied', 'expired'] as
 export type ApprovalStatus = (typeof APPROVAL_STATUSES)[number];
 
 /** Options of `reins approvals`. */
-export interface ApprovalsOptions extends CommonOptions {
+export interface ApprovalsOptions extends CommonOptions, ListOptions {
   run?: string;
   status?: string;
   limit?: number;
@@ -63,8 +66,9 @@ export async function approvalsCommand(options: ApprovalsOptions): Promise<ExitC
         `one of: ${APPROVAL_STATUSES.join(', ')}`,
       );
   }
-  const runId = options.run !== undefined ? requireId(options.run, 'run id') : undefined;
+  const given = options.run !== undefined ? requireId(options.run, 'run id') : undefined;
   await using client = await openClient(options);
+  const runId = given !== undefined ? await resolveId(client, 'run', given) : undefined;
   const approvals = (
     await client.approvals.list({
       ...(runId ? { runId } : {}),
@@ -72,10 +76,7 @@ export async function approvalsCommand(options: ApprovalsOptions): Promise<ExitC
       ...(options.limit !== undefined ? { limit: options.limit } : {}),
     })
   ).sort((a, b) => b.createdAt - a.createdAt);
-  if (options.json) {
-    printJson(approvals);
-    return ExitCode.ok;
-  }
+  if (printList(approvals, options, (a) => a.approvalId)) return ExitCode.ok;
   const s = createStyle();
   if (approvals.length === 0) {
     const what = [status, 'approvals', runId ? `for run ${runId}` : ''].filter(Boolean).join(' ');
@@ -83,15 +84,25 @@ export async function approvalsCommand(options: ApprovalsOptions): Promise<ExitC
     return ExitCode.ok;
   }
   const now = Date.now();
+  const shortApproval = shortIds(
+    approvals.map((a) => a.approvalId),
+    'approval',
+  );
+  const shortRun = shortIds(
+    approvals.map((a) => a.runId),
+    'run',
+  );
+  const id = (map: Map<string, string>, full: string) =>
+    options.wide ? full : (map.get(full) ?? full);
   println(
     formatTable(
       ['APPROVAL', 'STATUS', 'RUN', 'TOOL', 'ARGS', 'RULE', 'EXPIRES', 'DECIDED'],
       approvals.map((a) => [
-        a.approvalId,
+        id(shortApproval, a.approvalId),
         paintApproval(a, s, now),
-        a.runId,
+        id(shortRun, a.runId),
         a.tool,
-        formatArgs(a.args, 40),
+        options.wide ? (JSON.stringify(a.args) ?? '') : formatArgs(a.args, 40),
         a.rule,
         describeExpiry(a, now),
         a.decidedBy
@@ -99,13 +110,14 @@ export async function approvalsCommand(options: ApprovalsOptions): Promise<ExitC
           : '-',
       ]),
       s,
+      { width: outputWidth(options.wide), shrink: [7, 4, 5] },
     ),
   );
   const pending = approvals.filter((a) => a.status === 'pending' && a.expiresAt >= now);
   if (pending[0]) {
     println(
       s.dim(
-        `\ndecide with: reins approve ${pending[0].approvalId}  ·  reins deny ${pending[0].approvalId} --reason "…"`,
+        `\ndecide with: reins approve ${id(shortApproval, pending[0].approvalId)}  ·  reins deny ${id(shortApproval, pending[0].approvalId)} --reason "…"`,
       ),
     );
   }
@@ -145,6 +157,7 @@ export async function decideCommand(
     );
   }
   await using client = await openClient(options);
+  approvalId = await resolveId(client, 'approval', approvalId);
   const current = await findApproval(client, approvalId);
   const now = Date.now();
   if (current.status !== 'pending' || now > current.expiresAt) {

@@ -12,12 +12,14 @@ import {
 import type { ReinsClient } from '@reins/client';
 import { cliIdentity, openClient, type CommonOptions } from '../connection.js';
 import { CliError, ExitCode, isPermissionError } from '../errors.js';
-import { createStyle, printJson, println, truncate } from '../output.js';
+import { createStyle, fitCell, outputWidth, printJson, println, truncate } from '../output.js';
 
 /** Options of `reins audit tail`. */
 export interface AuditTailOptions extends CommonOptions {
   lines?: number;
   writer?: string;
+  /** Whole lines, whatever the terminal width. */
+  wide?: boolean;
 }
 
 function auditReadError(cause: unknown): CliError {
@@ -63,21 +65,40 @@ export async function auditTailCommand(options: AuditTailOptions): Promise<ExitC
   } catch (err) {
     throw auditReadError(err);
   }
+  if (last.length === 0 && options.writer) {
+    // An unknown writer is a typo, not an empty log: name the writers there are.
+    const writers = new Set<string>();
+    try {
+      for await (const e of entries(client, undefined)) writers.add(e.writer);
+    } catch (err) {
+      throw auditReadError(err);
+    }
+    throw new CliError(
+      `no audit entries from writer ${options.writer}${
+        writers.size ? ` (writers: ${[...writers].sort().join(', ')})` : ': the audit log is empty'
+      }`,
+      {
+        code: 'NOT_FOUND',
+        hint: 'a writer is a supervisor id; `reins audit tail` shows every writer',
+      },
+    );
+  }
   if (options.json) {
     for (const e of last) printJson(e);
     return ExitCode.ok;
   }
   const s = createStyle();
   if (last.length === 0) println('the audit log is empty');
+  const width = outputWidth(options.wide);
   for (const e of last) {
     const details = Object.keys(e.details).length
-      ? s.dim(truncate(JSON.stringify(e.details), 100))
+      ? s.dim(options.wide ? JSON.stringify(e.details) : truncate(JSON.stringify(e.details), 100))
       : '';
-    println(
+    const line =
       `${s.dim(new Date(e.ts).toISOString())} ${s.byKey(e.writer, `${e.writer}#${e.seq}`)} ${s.bold(e.action.padEnd(10))} ${truncate(e.actor, 40)}${
         e.runId ? ` run=${e.runId}` : ''
-      }${e.rule ? ` rule=${e.rule}` : ''} ${details}`.trimEnd(),
-    );
+      }${e.rule ? ` rule=${e.rule}` : ''} ${details}`.trimEnd();
+    println(Number.isFinite(width) ? fitCell(line, width) : line);
   }
   return ExitCode.ok;
 }

@@ -1,15 +1,17 @@
 import { openClient, type CommonOptions } from '../connection.js';
 import { ExitCode } from '../errors.js';
 import { createStyle, formatTable, formatUsd, printJson, println, progressBar } from '../output.js';
+import { resolveId } from '../id-prefix.js';
 import { requireId } from './ids.js';
 
 /**
  * `reins budget <runId>`: caps, committed spend and open reservations of a run, per
  * dimension, with a bar for each capped one (JSON: the supervisor's budget report).
  */
-export async function budgetCommand(runId: string, options: CommonOptions): Promise<ExitCode> {
-  requireId(runId, 'run id');
+export async function budgetCommand(given: string, options: CommonOptions): Promise<ExitCode> {
+  requireId(given, 'run id');
   await using client = await openClient(options);
+  const runId = await resolveId(client, 'run', given);
   const report = await client.runs.handle(runId).budget();
   if (options.json) {
     printJson(report);

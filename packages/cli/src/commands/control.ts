@@ -1,5 +1,6 @@
 import type { HaltReply, Scope } from '@reins/protocol';
 import { openClient, type CommonOptions } from '../connection.js';
+import { resolveId } from '../id-prefix.js';
 import { ExitCode, usageError } from '../errors.js';
 import { createStyle, printJson, println } from '../output.js';
 import { requireId } from './ids.js';
@@ -68,7 +69,7 @@ export async function controlCommand(
   action: ControlAction,
   options: ControlOptions,
 ): Promise<ExitCode> {
-  const scope = scopeFromOptions(options);
+  const given = scopeFromOptions(options);
   const reason = options.reason?.trim();
   if (action !== 'resume' && !reason) {
     throw usageError(
@@ -77,6 +78,13 @@ export async function controlCommand(
     );
   }
   await using client = await openClient(options);
+  // Runs and agents may be named by a unique prefix of their id (`--run 7f3a`).
+  const scope: Scope =
+    given.kind === 'run'
+      ? { kind: 'run', runId: await resolveId(client, 'run', given.runId) }
+      : given.kind === 'agent'
+        ? { kind: 'agent', agentId: await resolveId(client, 'agent', given.agentId) }
+        : given;
   const deadline = options.deadlineMs !== undefined ? { deadlineMs: options.deadlineMs } : {};
   let reply: HaltReply;
   if (action === 'halt') reply = await client.halt(scope, reason ?? '', deadline);
@@ -93,12 +101,15 @@ export async function controlCommand(
     return ExitCode.ok;
   }
   println(`${s.bold(PAST[action])} ${describeScope(scope)}${reason ? s.dim(` — ${reason}`) : ''}`);
+  const ackedLabel = `acked (${reply.acked.length})`;
+  const missingLabel = `missing (${reply.missing.length})`;
+  const width = Math.max(ackedLabel.length, missingLabel.length) + 2;
   println(
-    `  ${s.green(`acked (${reply.acked.length})`)}   ${reply.acked.length ? reply.acked.join(', ') : s.dim('none')}`,
+    `  ${s.green(ackedLabel.padEnd(width))}${reply.acked.length ? reply.acked.join(', ') : s.dim('none')}`,
   );
   if (action === 'halt' || reply.missing.length) {
     println(
-      `  ${reply.missing.length ? s.red(`missing (${reply.missing.length})`) : `missing (0)`}  ${
+      `  ${reply.missing.length ? s.red(missingLabel.padEnd(width)) : missingLabel.padEnd(width)}${
         reply.missing.length
           ? `${reply.missing.join(', ')} ${s.dim('— fenced: their grants are refused')}`
           : s.dim('none')

@@ -2,6 +2,7 @@ import type { ReinsClient } from '@reins/client';
 import { loadSigningKey } from '@reins/supervisor';
 import { connectClient, loadCredentials, natsUrl, type CommonOptions } from '../connection.js';
 import { CliError, ExitCode, explainError } from '../errors.js';
+import { jetStreamProblem } from '../jetstream.js';
 import { INSTALL_NATS_HINT, findNatsServer, natsServerVersion } from '../nats-server.js';
 import { createStyle, printJson, println } from '../output.js';
 import { serviceMain } from '../swarm.js';
@@ -110,23 +111,15 @@ function signingKeyCheck(): Check {
 }
 
 async function jetStreamCheck(client: ReinsClient): Promise<Check> {
-  try {
-    const m = await client.runtime.nc.request('$JS.API.INFO', undefined, { timeout: 2000 });
-    const info: unknown = m.json();
-    const err =
-      typeof info === 'object' && info !== null && 'error' in info
-        ? (info as { error: { description?: string } }).error
-        : undefined;
-    if (err) throw new Error(err.description ?? 'JetStream error');
+  const problem = await jetStreamProblem(client);
+  if (problem === undefined)
     return { name: 'jetstream', status: 'ok', detail: 'JetStream enabled' };
-  } catch (err) {
-    return {
-      name: 'jetstream',
-      status: 'fail',
-      detail: `JetStream not available: ${(err as Error).message}`,
-      fix: 'restart nats-server with JetStream: `nats-server -js` (or let `reins up` start one)',
-    };
-  }
+  return {
+    name: 'jetstream',
+    status: 'fail',
+    detail: `JetStream not available: ${problem}`,
+    fix: 'restart nats-server with JetStream: `nats-server -js` (or let `reins up` start one)',
+  };
 }
 
 async function supervisorCheck(client: ReinsClient): Promise<Check> {

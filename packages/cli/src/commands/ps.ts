@@ -4,13 +4,15 @@ import {
   createStyle,
   formatDuration,
   formatTable,
-  printJson,
+  outputWidth,
   println,
   type Style,
 } from '../output.js';
+import { shortIds } from '../id-prefix.js';
+import { printList, type ListOptions } from '../list-output.js';
 
 /** Options of `reins ps`. */
-export interface PsOptions extends CommonOptions {
+export interface PsOptions extends CommonOptions, ListOptions {
   /** Include agents that stopped cleanly. */
   all?: boolean;
 }
@@ -32,15 +34,15 @@ export function paintStatus(status: string, s: Style): string {
 export async function psCommand(options: PsOptions): Promise<ExitCode> {
   await using client = await openClient(options);
   const agents = await client.agents.list({ includeStopped: options.all === true });
-  if (options.json) {
-    printJson(agents);
-    return ExitCode.ok;
-  }
+  if (printList(agents, options, (a) => a.agentId)) return ExitCode.ok;
   const s = createStyle();
   if (agents.length === 0) {
     println(`no agents on ${s.bold('NATS')} — start a swarm with \`reins up\``);
     return ExitCode.ok;
   }
+  const runIds = [...new Set(agents.flatMap((a) => a.runs))];
+  const short = shortIds(runIds, 'run');
+  const run = (id: string) => (options.wide ? id : (short.get(id) ?? id));
   const rows = agents.map((a) => [
     s.byKey(a.agentId, a.agentId),
     a.role,
@@ -48,12 +50,18 @@ export async function psCommand(options: PsOptions): Promise<ExitCode> {
     `${formatDuration(a.ageMs)} ago`,
     String(a.inFlight),
     a.runs.length
-      ? a.runs.slice(0, 3).join(',') + (a.runs.length > 3 ? ` +${a.runs.length - 3}` : '')
+      ? options.wide
+        ? a.runs.join(',')
+        : a.runs.slice(0, 3).map(run).join(',') +
+          (a.runs.length > 3 ? ` +${a.runs.length - 3}` : '')
       : '-',
     a.pid !== undefined ? String(a.pid) : '-',
   ]);
   println(
-    formatTable(['AGENT', 'ROLE', 'STATUS', 'HEARTBEAT', 'IN-FLIGHT', 'RUNS', 'PID'], rows, s),
+    formatTable(['AGENT', 'ROLE', 'STATUS', 'HEARTBEAT', 'IN-FLIGHT', 'RUNS', 'PID'], rows, s, {
+      width: outputWidth(options.wide),
+      shrink: [5, 0],
+    }),
   );
   return ExitCode.ok;
 }

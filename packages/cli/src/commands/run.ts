@@ -1,9 +1,18 @@
 import type { ReinsClient, RunHandle } from '@reins/client';
 import type { BudgetReport, RunRecord, TraceEvent } from '@reins/protocol';
 import { isRunEnded, type TraceSubscription } from '@reins/runtime';
+import { explainBudgetStop } from '../budget-stop.js';
 import { openClient, type CommonOptions } from '../connection.js';
 import { CliError, ExitCode } from '../errors.js';
-import { createStyle, formatDuration, formatUsd, printJson, println, truncate } from '../output.js';
+import {
+  createStyle,
+  formatDuration,
+  formatUsd,
+  outputWidth,
+  printJson,
+  println,
+  truncate,
+} from '../output.js';
 import { TraceView } from '../trace-view.js';
 
 /** Options of `reins run`. */
@@ -16,6 +25,8 @@ export interface RunOptions extends CommonOptions {
   timeout?: number;
   /** Admit the run even when no live planner serves its role (`NO_PLANNER` otherwise). */
   waitForPlanner?: boolean;
+  /** Whole trace lines, whatever the terminal width. */
+  wide?: boolean;
 }
 
 /** Exit code of a finished run: 0 completed, 3 stopped or halted, 1 failed. */
@@ -82,6 +93,7 @@ async function follow(
     style,
     live: !!process.stdout.isTTY && !json,
     write: (t) => process.stdout.write(t),
+    width: outputWidth(options.wide),
     budget: {
       ...(options.budgetUsd !== undefined ? { usd: options.budgetUsd } : {}),
       ...(options.maxSteps !== undefined ? { steps: options.maxSteps } : {}),
@@ -169,7 +181,8 @@ function printSummary(
   const spent = `${steps}${cap.steps !== undefined ? `/${cap.steps}` : ''} steps · ${formatUsd(usd)}${
     cap.usd !== undefined ? ` of ${formatUsd(cap.usd)}` : ''
   }`;
-  const took = formatDuration((record.endedAt ?? Date.now()) - started);
+  // The record's end is the supervisor's clock: never show a negative (`-`) duration.
+  const took = formatDuration(Math.max(0, (record.endedAt ?? Date.now()) - started));
   println();
   if (record.status === 'completed') {
     println(`${s.green('✓ completed')} in ${took} · ${spent}`);
@@ -179,9 +192,10 @@ function printSummary(
     printHaltNote(record);
   } else {
     const mark = record.status === 'stopped' ? s.yellow('■ stopped') : s.red('✗ failed');
+    const why = explainBudgetStop(record) ?? record.error?.message;
     println(
       `${mark}${record.stopReason ? ` ${record.stopReason}` : ''} after ${took} · ${spent}${
-        record.error ? `\n  ${record.error.message}` : ''
+        why ? `\n  ${why}` : ''
       }`,
     );
   }

@@ -6,14 +6,16 @@ import {
   formatDuration,
   formatTable,
   formatUsd,
-  printJson,
+  outputWidth,
   println,
   truncate,
 } from '../output.js';
+import { shortIds } from '../id-prefix.js';
+import { printList, type ListOptions } from '../list-output.js';
 import { paintStatus } from './ps.js';
 
 /** Options of `reins runs`. */
-export interface RunsOptions extends CommonOptions {
+export interface RunsOptions extends CommonOptions, ListOptions {
   status?: string;
   limit?: number;
 }
@@ -42,29 +44,31 @@ export async function runsCommand(options: RunsOptions): Promise<ExitCode> {
   const runs = (await Promise.all(listed.map((r) => client.runs.get(r.runId).catch(() => r)))).sort(
     (a, b) => b.createdAt - a.createdAt,
   );
-  if (options.json) {
-    printJson(runs);
-    return ExitCode.ok;
-  }
+  if (printList(runs, options, (r) => r.runId)) return ExitCode.ok;
   const s = createStyle();
   if (runs.length === 0) {
     println(status ? `no ${status} runs` : 'no runs yet — start one with `reins run "<goal>"`');
     return ExitCode.ok;
   }
   const now = Date.now();
+  const short = shortIds(
+    runs.map((r) => r.runId),
+    'run',
+  );
   println(
     formatTable(
       ['RUN', 'STATUS', 'ROLE', 'STEPS', 'SPENT', 'AGE', 'GOAL'],
       runs.map((r) => [
-        r.runId,
+        options.wide ? r.runId : (short.get(r.runId) ?? r.runId),
         paintStatus(r.status, s) + (r.stopReason ? s.dim(` ${r.stopReason}`) : ''),
         r.role,
         `${r.used.steps}${r.budget.steps !== undefined ? `/${r.budget.steps}` : ''}`,
         `${formatUsd(r.used.usd)}${r.budget.usd !== undefined ? `/${formatUsd(r.budget.usd)}` : ''}`,
         formatDuration(now - r.createdAt),
-        truncate(r.goal, 50),
+        options.wide ? r.goal.replace(/\s+/g, ' ') : truncate(r.goal, 50),
       ]),
       s,
+      { width: outputWidth(options.wide), shrink: [6, 2] },
     ),
   );
   return ExitCode.ok;

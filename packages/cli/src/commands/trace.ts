@@ -1,15 +1,21 @@
 import { ID_PATTERN, type TraceEvent, type TraceSubjectParts } from '@reins/protocol';
-import type { TraceStart, TraceSubscription } from '@reins/runtime';
-import { openClient, type CommonOptions } from '../connection.js';
+import type { RunRecord } from '@reins/protocol';
+import { isRunEnded, type TraceStart, type TraceSubscription } from '@reins/runtime';
+import { natsUrl, openClient, type CommonOptions } from '../connection.js';
 import { CliError, ExitCode, usageError } from '../errors.js';
-import { createStyle, printJson } from '../output.js';
+import { createStyle, outputWidth, printJson } from '../output.js';
+import { resolveId } from '../id-prefix.js';
+import { jetStreamProblem } from '../jetstream.js';
 import { TraceView } from '../trace-view.js';
+import { exitCodeOf } from './run.js';
 
 /** Options of `reins trace`. */
 export interface TraceOptions extends CommonOptions {
   from?: string;
   /** Keep watching after the run ends (a run id only). */
   watch?: boolean;
+  /** Whole lines, whatever the terminal width. */
+  wide?: boolean;
 }
 
 const PATTERN_TOKEN = /^([A-Za-z0-9_-]{1,64}|\*|>)$/;
@@ -61,54 +67,69 @@ export async function traceCommand(
 ): Promise<ExitCode> {
   const from = parseFrom(options.from);
   const client = await openClient(options);
-  const parsed = parseTraceTarget(target, client.runtime.subjects.prefix);
+  const given = parseTraceTarget(target, client.runtime.subjects.prefix);
+  // A run id may be given by a unique prefix (`reins trace 7f3a`).
+  const parsed = 'runId' in given ? { runId: await resolveId(client, 'run', given.runId) } : given;
   const style = createStyle();
-  const view = new TraceView({
-    style,
-    live: !!process.stdout.isTTY && !options.json,
-    write: (t) => process.stdout.write(t),
-    showRun: !('runId' in parsed),
-  });
+  let view: TraceView | undefined;
   let sub: TraceSubscription | undefined;
   let finish: ((code: ExitCode) => void) | undefined;
   const done = new Promise<ExitCode>((resolve) => (finish = resolve));
   const onEvent = (e: TraceEvent) => {
     if (options.json) printJson(e);
-    else view.add(e);
+    else view?.add(e);
     // The run's own end; its delegated runs come with the subscription (each after the
     // `delegate.start` that made it).
     if ('runId' in parsed && e.event === 'run.end' && e.runId === parsed.runId && !options.watch) {
       const status = typeof e.data['status'] === 'string' ? e.data['status'] : 'failed';
-      const code =
-        status === 'completed'
-          ? ExitCode.ok
-          : status === 'stopped'
-            ? ExitCode.stopped
-            : ExitCode.error;
+      const code = exitCodeOf(status);
       // A finished run is read back from the stream: show the rest of its tree first.
       void subscribed.then((s) => s?.caughtUp()).then(() => finish?.(code));
     }
   };
   let subscribedNow: (s: TraceSubscription | undefined) => void = () => undefined;
   const subscribed = new Promise<TraceSubscription | undefined>((r) => (subscribedNow = r));
-  const onAbort = () => finish?.(ExitCode.ok);
+  const onAbort = () => finish?.(ExitCode.interrupted);
   signal.addEventListener('abort', onAbort);
   try {
+    // Without JetStream a subscription would retry for half a minute before failing.
+    const problem = await jetStreamProblem(client);
+    if (problem !== undefined) {
+      throw new CliError(`JetStream is not available on ${natsUrl(options)}: ${problem}`, {
+        code: 'NO_JETSTREAM',
+        hint: 'traces are kept in a JetStream stream: restart nats-server with `nats-server -js` (or let `reins up` start one)',
+      });
+    }
+    let record: RunRecord | undefined;
     if ('runId' in parsed) {
       // A typo in a run id would otherwise wait forever in silence.
-      const known = await client.runs.get(parsed.runId).then(
-        () => true,
-        (err: unknown) => {
-          if (err instanceof Error && 'code' in err && err.code === 'NOT_FOUND') return false;
-          return true; // No supervisor: still show whatever the stream holds.
-        },
-      );
-      if (!known) {
-        throw new CliError(`no run ${parsed.runId}`, {
-          hint: 'list runs with `reins runs`, or pass a pattern such as `all`',
-        });
-      }
+      record = await client.runs.get(parsed.runId).catch((err: unknown) => {
+        if (err instanceof Error && 'code' in err && err.code === 'NOT_FOUND') {
+          throw new CliError(`no run ${parsed.runId}`, {
+            code: 'NOT_FOUND',
+            hint: 'list runs with `reins runs`, or pass a pattern such as `all`',
+          });
+        }
+        return undefined; // No supervisor: still show whatever the stream holds.
+      });
     }
+    // From now on only: start the counters where the run stands (its caps, what it spent).
+    const budget =
+      record !== undefined && from === 'new'
+        ? await client.runs
+            .handle(record.runId)
+            .budget()
+            .catch(() => undefined)
+        : undefined;
+    view = new TraceView({
+      style,
+      live: !!process.stdout.isTTY && !options.json,
+      write: (t) => process.stdout.write(t),
+      showRun: !('runId' in parsed),
+      width: outputWidth(options.wide),
+      ...(record ? { budget: record.budget } : {}),
+      ...(budget ? { spentUsd: budget.committed.usd } : {}),
+    });
     try {
       sub = await client.traces.subscribe(
         'runId' in parsed ? { runId: parsed.runId } : parsed.pattern,
@@ -118,6 +139,14 @@ export async function traceCommand(
         },
       );
       subscribedNow(sub);
+      if (!options.json && (from === 'new' || !('runId' in parsed))) {
+        // Nothing may come for a while: say that it is listening, and how to stop.
+        process.stderr.write(
+          style.dim(
+            `watching ${'runId' in parsed ? `run ${parsed.runId}` : target} for ${from === 'new' ? 'new ' : ''}trace events… (Ctrl-C to stop)\n`,
+          ),
+        );
+      }
     } catch (cause) {
       subscribedNow(undefined);
       throw new CliError('cannot read the trace stream (REINS_TRACE)', {
@@ -125,10 +154,20 @@ export async function traceCommand(
         hint: 'a supervisor creates it on start: run `reins up`, or check `reins doctor`',
       });
     }
+    if ('runId' in parsed && from === 'new' && !options.watch && record !== undefined) {
+      // Read again now that the subscription is open: a run that ends from here on is seen live.
+      const now = await client.runs.get(parsed.runId).catch(() => record);
+      if (now && isRunEnded(now.status)) {
+        process.stderr.write(
+          `run ${parsed.runId} already ended (${now.status}): nothing new will come; its stored trace: reins trace ${parsed.runId}\n`,
+        );
+        return exitCodeOf(now.status);
+      }
+    }
     return await done;
   } finally {
     signal.removeEventListener('abort', onAbort);
-    view.clearStatus();
+    view?.clearStatus();
     await sub?.stop();
     await client.close();
   }

@@ -10,7 +10,7 @@ import { loadPolicyFile, loadSigningKey } from '@reins/supervisor';
 import { natsUrl, openClient, type CommonOptions } from '../connection.js';
 import { CliError, ExitCode, explainError, usageError } from '../errors.js';
 import { initKeyDir, projectKeyDir, readKeyDir, type KeyDir } from '../key-dir.js';
-import { formatLogLine } from '../log-line.js';
+import { formatLogLine, parseLogRecord } from '../log-line.js';
 import {
   INSTALL_NATS_HINT,
   findNatsServer,
@@ -290,10 +290,18 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
   let nats: LocalNats | undefined;
   let services: Services | undefined;
   let client: ReinsClient | undefined;
+  // One colour per process, in start order (a hash of the name may give two the same).
+  const colours = new Map<string, number>();
   const log = (name: string, line: string, width: number) => {
-    if (json) printJson({ type: 'log', name, line });
-    else
-      println(`${style.byKey(name, `[${name}]`.padEnd(width + 2))} ${formatLogLine(line, style)}`);
+    if (json) {
+      // A service's JSON log line is a record here, not a string of JSON inside JSON.
+      const record = parseLogRecord(line);
+      printJson(record ? { type: 'log', name, record } : { type: 'log', name, line });
+      return;
+    }
+    if (!colours.has(name)) colours.set(name, colours.size);
+    const prefix = style.byIndex(colours.get(name) ?? 0, `[${name}]`.padEnd(width + 2));
+    println(`${prefix} ${formatLogLine(line, style)}`);
   };
   let secure: SecureSetup | undefined;
   try {
@@ -314,10 +322,12 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
       try {
         await loadPolicyFile(policyFile);
       } catch (cause) {
-        throw new CliError(`policy ${policyFile} does not load: ${(cause as Error).message}`, {
+        // The loader's message names the file already.
+        const why = (cause as Error).message;
+        throw new CliError(why.includes(policyFile) ? why : `policy ${policyFile}: ${why}`, {
           exitCode: ExitCode.usage,
           cause,
-          hint: 'see examples/demo/policy.json for the format',
+          hint: 'the policy format: docs/policy.md (examples/demo/policy.json is one)',
         });
       }
       policyNote = policyFile;
@@ -382,7 +392,18 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
         ...(secure ? { nkeyFile: secure.keys.seedFiles.client } : {}),
       });
     } catch (err) {
-      throw explainError(err, { natsUrl: url });
+      const e = explainError(err, { natsUrl: url });
+      if (external && e.code === 'NATS_UNREACHABLE') {
+        // `reins up` is what is running: point at the NATS_URL it was given, not at itself.
+        throw new CliError(e.message, {
+          cause: err,
+          code: e.code,
+          hint: `start nats-server there (\`nats-server -js\`), or unset NATS_URL${
+            options.nats ? ' and drop --nats' : ''
+          } so that \`reins up\` starts its own`,
+        });
+      }
+      throw e;
     }
 
     // With a shared NATS, a suffix keeps agent ids of two swarms apart.
@@ -517,7 +538,9 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
     const why = await Promise.race([stopRequested, gone.then(() => 'gone' as const)]);
     return why === 'signal' ? ExitCode.ok : ExitCode.error;
   } finally {
-    if (!json) process.stderr.write(errStyle.dim('\nstopping the swarm…\n'));
+    // A configuration error before anything started has nothing to stop.
+    const anything = nats !== undefined || services !== undefined || client !== undefined;
+    if (!json && anything) process.stderr.write(errStyle.dim('\nstopping the swarm…\n'));
     // A second Ctrl-C while stopping kills at once.
     const hard = () => {
       services?.kill();
@@ -531,7 +554,7 @@ export async function upCommand(options: UpOptions, signal: AbortSignal): Promis
     await rm(temp, { recursive: true, force: true });
     process.removeListener('SIGINT', hard);
     process.removeListener('SIGTERM', hard);
-    if (!json)
+    if (!json && anything)
       process.stderr.write(errStyle.dim(`stopped after ${formatDuration(Date.now() - started)}\n`));
   }
 }
