@@ -97,6 +97,9 @@ export function fitsRun(s: RunState, amount: Amount): Fit {
         dimension: d,
         cap: userUnits(d, cap),
         wouldBe: userUnits(d, wouldBe),
+        requested: userUnits(d, want),
+        committed: userUnits(d, dim(s.committed, d)),
+        reserved: userUnits(d, dim(reserved, d)),
       };
   }
   return { ok: true };
