@@ -125,6 +125,8 @@ describe('reins up output, and what the commands print against it', () => {
     const r = await reins(['audit', 'tail', '--writer', 'nobody'], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('no audit entries from writer nobody (writers: supervisor-1');
+    // Run partitions' chains as one range, not 32 names.
+    expect(r.stderr).toMatch(/part-0…part-31 \(32 run partitions\)\)/);
     expect(r.stderr).toContain('[NOT_FOUND]');
     expect(r.stderr).not.toContain('empty');
   });

@@ -73,13 +73,26 @@ export async function auditTailCommand(options: AuditTailOptions): Promise<ExitC
     } catch (err) {
       throw auditReadError(err);
     }
+    // Supervisors by name; run partitions' chains (`part-<n>`) as one range.
+    const partitions = [...writers]
+      .map((w) => /^part-(\d+)$/.exec(w)?.[1])
+      .filter((n): n is string => n !== undefined)
+      .map(Number)
+      .sort((a, b) => a - b);
+    const named = [...writers].filter((w) => !/^part-\d+$/.test(w)).sort();
+    if (partitions.length)
+      named.push(
+        partitions.length === 1
+          ? `part-${partitions[0]}`
+          : `part-${partitions[0]}…part-${partitions.at(-1)} (${partitions.length} run partitions)`,
+      );
     throw new CliError(
       `no audit entries from writer ${options.writer}${
-        writers.size ? ` (writers: ${[...writers].sort().join(', ')})` : ': the audit log is empty'
+        writers.size ? ` (writers: ${named.join(', ')})` : ': the audit log is empty'
       }`,
       {
         code: 'NOT_FOUND',
-        hint: 'a writer is a supervisor id; `reins audit tail` shows every writer',
+        hint: "a writer is a supervisor id, or a run partition's chain part-<n>; `reins audit tail` shows every writer",
       },
     );
   }
