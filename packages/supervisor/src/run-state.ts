@@ -177,6 +177,32 @@ function without<V>(rec: Record<string, V>, key: string): Record<string, V> {
   return rest;
 }
 
+/** An amount in the units of a `Usage` (what run records and budget reports show). */
+export function usageOf(a: Amount): {
+  usd: number;
+  inputTokens: number;
+  outputTokens: number;
+  steps: number;
+} {
+  const u = toUser(a);
+  return { usd: u.usd, inputTokens: u.inputTokens, outputTokens: u.outputTokens, steps: u.steps };
+}
+
+/** A run's budget as `runs.budget` reports it: cap, committed and held. */
+export function reportOf(s: RunState): {
+  runId: string;
+  cap: Budget;
+  committed: ReturnType<typeof usageOf>;
+  reserved: ReturnType<typeof usageOf>;
+} {
+  return {
+    runId: s.runId,
+    cap: s.cap,
+    committed: usageOf(s.committed),
+    reserved: usageOf(reservedOf(s)),
+  };
+}
+
 /** What a run used: committed plus what it still holds (a child's share of its parent at end). */
 export function usedOf(s: RunState): Amount {
   return add(s.committed, reservedOf(s));
