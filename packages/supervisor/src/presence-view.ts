@@ -1,0 +1,247 @@
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import type { KV, KvWatchEntry } from '@nats-io/kv';
+import { Buckets, type Heartbeat } from '@reins/protocol';
+import {
+  decodePresence,
+  listAgents,
+  presenceOf,
+  type AgentPresence,
+  type Logger,
+  type PresenceFilter,
+  type Runtime,
+} from '@reins/runtime';
+
+/** Options of `PresenceView.start`. */
+export interface PresenceViewOptions {
+  /**
+   * How long a question waits for the watch to catch up with the bucket before it is answered
+   * by a listing instead (default 500 ms).
+   */
+  catchUpMs?: number;
+  /** Deadline of a fallback listing (default 5 s; see `listAgents`). */
+  listTimeoutMs?: number;
+  /** Delay before a watch that ended is started again (default 1 s). */
+  restartMs?: number;
+  /**
+   * For tests only: hold every watch delivery back this long, as a loaded process would, so
+   * that the catch-up barrier has something to wait for.
+   */
+  deliveryDelayMs?: number;
+}
+
+/** A presence entry as the watch delivered it; decoded on the first question that needs it. */
+interface Entry {
+  value: Uint8Array;
+  /** Decoded heartbeat (`null`: unreadable, skipped as a listing skips it). */
+  hb?: Heartbeat | null;
+}
+
+/** A question waiting for the watch to deliver sequence `seq`. */
+interface Waiter {
+  seq: number;
+  resolve: (caughtUp: boolean) => void;
+}
+
+/** How the view answered so far (for tests and diagnostics). */
+export interface PresenceViewStats {
+  /** Questions answered from memory after the barrier. */
+  watched: number;
+  /** Questions answered by a listing (watch down, not ready or not caught up in time). */
+  listed: number;
+}
+
+/**
+ * The agents in presence (KV `reins_agents`), kept in memory from a watch of the bucket, so a
+ * halt or resume does not list ~1,000 keys (one stream info and one KV read per agent) each
+ * time. Answers with the same rules as `listAgents` (`presenceOf`: lost once the heartbeat
+ * expired, stopped left out unless asked for).
+ *
+ * As correct as a listing: before answering, a question reads the bucket stream's last
+ * sequence (one direct read on the stream leader) and waits until the watch has delivered
+ * it — a barrier, so every presence write acknowledged before the question (an agent that
+ * started a moment ago) is in the answer. Fail safe: while the watch is down (not started,
+ * ended and not restarted yet, still loading the bucket's initial values) or when it does not
+ * catch up within `catchUpMs`, the question is answered by `listAgents`.
+ */
+export class PresenceView {
+  readonly #runtime: Runtime;
+  readonly #jsm: JetStreamManager;
+  readonly #kv: KV;
+  readonly #logger: Logger;
+  readonly #catchUpMs: number;
+  readonly #listTimeoutMs: number;
+  readonly #restartMs: number;
+  readonly #delayMs: number;
+  readonly #entries = new Map<string, Entry>();
+  /** Highest stream sequence the current watch delivered (0: none yet). */
+  #delivered = 0;
+  /** True once the current watch delivered the bucket's values from when it started. */
+  #ready = false;
+  #watching = false;
+  #stopped = false;
+  #epoch = 0;
+  #stopWatch: (() => void) | undefined;
+  #restartTimer: NodeJS.Timeout | undefined;
+  /** Questions waiting for the watch to reach a sequence. */
+  #waiters: Waiter[] = [];
+  readonly stats: PresenceViewStats = { watched: 0, listed: 0 };
+
+  private constructor(
+    runtime: Runtime,
+    jsm: JetStreamManager,
+    kv: KV,
+    logger: Logger,
+    options: PresenceViewOptions,
+  ) {
+    this.#runtime = runtime;
+    this.#jsm = jsm;
+    this.#kv = kv;
+    this.#logger = logger;
+    this.#catchUpMs = options.catchUpMs ?? 500;
+    this.#listTimeoutMs = options.listTimeoutMs ?? 5_000;
+    this.#restartMs = options.restartMs ?? 1_000;
+    this.#delayMs = options.deliveryDelayMs ?? 0;
+  }
+
+  /**
+   * Opens the view over `runtime`'s presence bucket and starts its watch. A watch that cannot
+   * be started is retried in the background; until then questions are answered by listings.
+   */
+  static async start(
+    runtime: Runtime,
+    options: PresenceViewOptions & { logger?: Logger } = {},
+  ): Promise<PresenceView> {
+    const jsm = await jetstreamManager(runtime.nc, { checkAPI: false });
+    const kv = await runtime.agentsBucket();
+    const view = new PresenceView(runtime, jsm, kv, options.logger ?? runtime.logger, options);
+    await view.#watch();
+    return view;
+  }
+
+  /** The agents in presence, as `listAgents(runtime, filter)` would list them now. */
+  async agents(filter: PresenceFilter = {}): Promise<AgentPresence[]> {
+    if (await this.#caughtUp()) {
+      this.stats.watched++;
+      const beats: Heartbeat[] = [];
+      for (const e of this.#entries.values()) {
+        if (e.hb === undefined) e.hb = decodePresence(e.value) ?? null;
+        if (e.hb) beats.push(e.hb);
+      }
+      return presenceOf(beats, filter);
+    }
+    this.stats.listed++;
+    return listAgents(this.#runtime, { ...filter, timeoutMs: this.#listTimeoutMs });
+  }
+
+  /** Stops the watch; later questions are answered by listings. Idempotent. */
+  stop(): void {
+    this.#stopped = true;
+    clearTimeout(this.#restartTimer);
+    const stop = this.#stopWatch;
+    this.#unwatch();
+    stop?.();
+  }
+
+  /**
+   * The barrier: true once the watch has delivered the bucket's last sequence as of now; false
+   * when the watch is down or does not get there within `catchUpMs`.
+   */
+  async #caughtUp(): Promise<boolean> {
+    if (!this.#watching) return false;
+    const epoch = this.#epoch;
+    let last: number;
+    try {
+      const msg = await this.#jsm.streams.getMessage(`KV_${Buckets.agents}`, {
+        last_by_subj: `$KV.${Buckets.agents}.>`,
+      });
+      last = msg?.seq ?? 0;
+    } catch (err) {
+      this.#logger.debug({ err }, 'presence view: cannot read the last presence sequence');
+      return false;
+    }
+    if (this.#epoch !== epoch || !this.#watching) return false;
+    // An empty bucket: nothing to wait for, and nobody is present (whatever was delivered).
+    if (last === 0) {
+      this.#entries.clear();
+      return true;
+    }
+    if (this.#ready && this.#delivered >= last) return true;
+    const caughtUp = await new Promise<boolean>((resolve) => {
+      const waiter = { seq: last, resolve };
+      this.#waiters.push(waiter);
+      setTimeout(() => {
+        const i = this.#waiters.indexOf(waiter);
+        if (i >= 0) this.#waiters.splice(i, 1);
+        resolve(false);
+      }, this.#catchUpMs).unref();
+    });
+    return caughtUp && this.#epoch === epoch;
+  }
+
+  async #watch(): Promise<void> {
+    if (this.#stopped || this.#watching) return;
+    let w: Awaited<ReturnType<KV['watch']>>;
+    try {
+      w = await this.#kv.watch({ key: '>' });
+    } catch (err) {
+      this.#logger.warn({ err }, 'presence view: cannot watch presence; halts list agents');
+      this.#restart();
+      return;
+    }
+    if (this.#stopped) {
+      w.stop();
+      return;
+    }
+    this.#unwatch();
+    this.#watching = true;
+    const epoch = this.#epoch;
+    this.#stopWatch = () => w.stop();
+    void (async () => {
+      try {
+        for await (const e of w) {
+          if (this.#delayMs > 0) await new Promise((r) => setTimeout(r, this.#delayMs));
+          if (this.#epoch !== epoch) break;
+          this.#apply(e);
+        }
+      } finally {
+        if (this.#epoch === epoch) {
+          this.#unwatch();
+          this.#logger.warn('presence view: the presence watch ended; halts list agents');
+          this.#restart();
+        }
+      }
+    })().catch(() => undefined);
+  }
+
+  #apply(e: KvWatchEntry): void {
+    if (e.operation === 'PUT') this.#entries.set(e.key, { value: e.value });
+    else this.#entries.delete(e.key);
+    if (e.isUpdate) this.#ready = true;
+    if (e.revision > this.#delivered) this.#delivered = e.revision;
+    if (this.#waiters.length === 0) return;
+    const still: Waiter[] = [];
+    for (const waiter of this.#waiters) {
+      if (this.#ready && waiter.seq <= this.#delivered) waiter.resolve(true);
+      else still.push(waiter);
+    }
+    this.#waiters = still;
+  }
+
+  #restart(): void {
+    if (this.#stopped) return;
+    clearTimeout(this.#restartTimer);
+    this.#restartTimer = setTimeout(() => void this.#watch(), this.#restartMs);
+    this.#restartTimer.unref();
+  }
+
+  #unwatch(): void {
+    this.#epoch++;
+    this.#watching = false;
+    this.#ready = false;
+    this.#delivered = 0;
+    this.#stopWatch = undefined;
+    this.#entries.clear();
+    for (const waiter of this.#waiters) waiter.resolve(false);
+    this.#waiters = [];
+  }
+}
