@@ -1,6 +1,6 @@
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import type { KV, KvWatchEntry } from '@nats-io/kv';
-import { Buckets, type Heartbeat } from '@reins/protocol';
+import { Buckets, ProtocolError, type Heartbeat } from '@reins/protocol';
 import {
   decodePresence,
   listAgents,
@@ -13,6 +13,12 @@ import {
 
 /** Options of `PresenceView.start`. */
 export interface PresenceViewOptions {
+  /**
+   * Keep presence in memory (default: `REINS_PRESENCE_WATCH`, `on` unless set to `off`). Off,
+   * every question is a listing, as before the view: an operator's way back, and the bench's
+   * baseline.
+   */
+  watch?: boolean;
   /**
    * How long a question waits for the watch to catch up with the bucket before it is answered
    * by a listing instead (default 500 ms).
@@ -34,6 +40,19 @@ interface Entry {
   value: Uint8Array;
   /** Decoded heartbeat (`null`: unreadable, skipped as a listing skips it). */
   hb?: Heartbeat | null;
+}
+
+/** `REINS_PRESENCE_WATCH`: `on` (default) or `off`; anything else stops the process naming it. */
+function watchFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  const v = env['REINS_PRESENCE_WATCH'];
+  if (v === undefined || v === '' || v === 'on') return true;
+  if (v === 'off') return false;
+  throw new ProtocolError(
+    `invalid configuration:\n  REINS_PRESENCE_WATCH: expected on or off, got ${v}`,
+    {
+      details: { variables: ['REINS_PRESENCE_WATCH'] },
+    },
+  );
 }
 
 /** A question waiting for the watch to deliver sequence `seq`. */
@@ -60,8 +79,8 @@ export interface PresenceViewStats {
  * sequence (one direct read on the stream leader) and waits until the watch has delivered
  * it — a barrier, so every presence write acknowledged before the question (an agent that
  * started a moment ago) is in the answer. Fail safe: while the watch is down (not started,
- * ended and not restarted yet, still loading the bucket's initial values) or when it does not
- * catch up within `catchUpMs`, the question is answered by `listAgents`.
+ * ended and not restarted yet) or when it has not caught up (still loading the bucket's
+ * values, lagging) within `catchUpMs`, the question is answered by `listAgents`.
  */
 export class PresenceView {
   readonly #runtime: Runtime;
@@ -114,7 +133,8 @@ export class PresenceView {
     const jsm = await jetstreamManager(runtime.nc, { checkAPI: false });
     const kv = await runtime.agentsBucket();
     const view = new PresenceView(runtime, jsm, kv, options.logger ?? runtime.logger, options);
-    await view.#watch();
+    if (options.watch ?? watchFromEnv()) await view.#watch();
+    else view.#stopped = true;
     return view;
   }
 
