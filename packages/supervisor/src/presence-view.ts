@@ -98,6 +98,8 @@ export class PresenceView {
   #ready = false;
   #watching = false;
   #stopped = false;
+  /** A watch is being created. */
+  #starting = false;
   #epoch = 0;
   #stopWatch: (() => void) | undefined;
   #restartTimer: NodeJS.Timeout | undefined;
@@ -191,15 +193,33 @@ export class PresenceView {
       this.#waiters.push(waiter);
       setTimeout(() => {
         const i = this.#waiters.indexOf(waiter);
-        if (i >= 0) this.#waiters.splice(i, 1);
+        if (i < 0) return;
+        this.#waiters.splice(i, 1);
         resolve(false);
+        // A watch this far behind has probably stalled (its consumer lost with a server node,
+        // say): start it afresh, it reloads the bucket's values.
+        this.#renew(epoch);
       }, this.#catchUpMs).unref();
     });
     return caughtUp && this.#epoch === epoch;
   }
 
+  #renew(epoch: number): void {
+    if (this.#stopped || this.#epoch !== epoch || !this.#watching) return;
+    this.#logger.warn(
+      { catchUpMs: this.#catchUpMs },
+      'presence view: the presence watch did not catch up in time; starting it again',
+    );
+    const stop = this.#stopWatch;
+    this.#unwatch();
+    stop?.();
+    void this.#watch();
+  }
+
   async #watch(): Promise<void> {
-    if (this.#stopped || this.#watching) return;
+    if (this.#stopped || this.#watching || this.#starting) return;
+    clearTimeout(this.#restartTimer);
+    this.#starting = true;
     let w: Awaited<ReturnType<KV['watch']>>;
     try {
       w = await this.#kv.watch({ key: '>' });
@@ -207,6 +227,8 @@ export class PresenceView {
       this.#logger.warn({ err }, 'presence view: cannot watch presence; halts list agents');
       this.#restart();
       return;
+    } finally {
+      this.#starting = false;
     }
     if (this.#stopped) {
       w.stop();

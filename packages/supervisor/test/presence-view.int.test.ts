@@ -129,6 +129,19 @@ describe('PresenceView', () => {
     await kv.delete('pv-slow');
     await kv.delete('pv-down');
   });
+
+  it('REINS_PRESENCE_WATCH=off lists every time; another value is refused, naming it', async () => {
+    process.env['REINS_PRESENCE_WATCH'] = 'off';
+    try {
+      const off = await open();
+      await off.agents();
+      expect(off.stats).toEqual({ watched: 0, listed: 1 });
+      process.env['REINS_PRESENCE_WATCH'] = 'maybe';
+      await expect(open()).rejects.toThrow(/REINS_PRESENCE_WATCH/);
+    } finally {
+      delete process.env['REINS_PRESENCE_WATCH'];
+    }
+  });
 });
 
 describe('halts from presence in memory', () => {
