@@ -253,9 +253,11 @@ async function spread(ctx: SuiteContext, iterations: number): Promise<void> {
           'ms',
         );
         ctx.figure(
-          `halt-all p99, ${SPREAD.agents} agents in ${SPREAD.processes} processes, ${load}: ${what}${path === 'memory' ? ' (target ≤ 250 ms)' : ''}`,
+          `halt-all p99, ${SPREAD.agents} agents in ${SPREAD.processes} processes, ${load}: ${what}`,
           percentile(xs, 0.99) / 1000,
           'ms',
+          // The issue's target is the supervisor as it is now; the listing is its baseline.
+          ...(path === 'memory' ? [{ better: 'lower' as const, value: 250 }] : []),
         );
       }
     }
