@@ -12,6 +12,8 @@ export const AgentsConfig = z.object({
   /** Agent ids are `<prefix><i>`. */
   prefix: z.string(),
   count: z.number().int().positive(),
+  /** Also `count` bare subscriptions to this subject that answer at once (the raw baseline). */
+  raw: z.string().optional(),
   /** Heartbeat interval (default 2 s, as deployed). */
   heartbeatMs: z.number().int().positive().default(2000),
 });
@@ -28,6 +30,12 @@ async function main(): Promise<void> {
   });
   for (let i = 0; i < cfg.count; i++)
     await rt.start(defineActor({ role: cfg.role, agentId: `${cfg.prefix}${i}` }));
+  if (cfg.raw) {
+    const reply = new Uint8Array(16);
+    for (let i = 0; i < cfg.count; i++)
+      rt.nc.subscribe(cfg.raw, { callback: (_e, m) => void m.respond(reply) });
+    await rt.nc.flush();
+  }
   process.stdout.write('ready\n');
   process.once('SIGTERM', () => {
     void rt.close().finally(() => process.exit(0));

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { connect as connectNats } from '@nats-io/transport-node';
+import { connect as connectNats, type NatsConnection } from '@nats-io/transport-node';
 import { HaltReply, HaltRequest, createGrantSigner } from '@reins/protocol';
 import { defineActor, listAgents, type Runtime } from '@reins/runtime';
 import { startSupervisor } from '@reins/supervisor';
@@ -16,7 +16,8 @@ import type { Result, Suite, SuiteContext } from '../types.js';
 // Then the issue's target (#17: p99 ≤ 250 ms): 1,000 agents in 4 processes (heartbeats every
 // 2 s, as deployed), on a quiet machine and with two busy-loop processes loading it, the
 // supervisor's presence in memory beside the listing per halt it replaced
-// (`REINS_PRESENCE_WATCH=off`), measured in alternating blocks of the same run.
+// (`REINS_PRESENCE_WATCH=off`), measured in alternating blocks of the same run; raw baseline,
+// paired with each halt: a request to 1,000 bare responders in the same 4 processes.
 
 const SIZES = [10, 100, 1000] as const;
 const QUICK = { iterations: 5 };
@@ -155,17 +156,32 @@ async function stopChildren(children: ChildProcess[], signal: NodeJS.Signals): P
   );
 }
 
-/** Halt-all latencies (µs) of `iterations` halts at `expected` agents, each followed by a resume. */
+/**
+ * Halt-all latencies (µs) of `iterations` halts at `expected` agents, each followed by a resume
+ * and preceded by a raw request to `expected` responders (its latency goes to `raw.out`).
+ */
 async function haltRounds(
   ctx: SuiteContext,
   client: Runtime,
   expected: number,
   iterations: number,
   label: string,
+  raw: { nc: NatsConnection; subject: string; out: number[] },
 ): Promise<number[]> {
   const out: number[] = [];
   for (let it = 0; it < iterations; it++) {
-    const t = performance.now();
+    // The raw baseline, paired: a request to as many bare responders in the same processes.
+    let t = performance.now();
+    const replies = await raw.nc.requestMany(raw.subject, new Uint8Array(16), {
+      strategy: 'count',
+      maxMessages: expected,
+      maxWait: 10_000,
+    });
+    let n = 0;
+    for await (const _ of replies) n++;
+    raw.out.push((performance.now() - t) * 1000);
+    ctx.check(n === expected, `raw, ${label}: ${n} of ${expected} replies`);
+    t = performance.now();
     const reply = await client.request(
       client.subjects.ctlHalt,
       HaltRequest,
@@ -193,15 +209,18 @@ async function haltRounds(
  * 1,000 agents in 4 processes, quiet and under two busy loops: presence in memory beside a
  * listing per halt (the supervisor as it was), in alternating blocks.
  */
-async function spread(ctx: SuiteContext, iterations: number): Promise<void> {
+async function spread(ctx: SuiteContext, iterations: number): Promise<Result[]> {
   const role = 'haltbench4p';
   const script = fileURLToPath(new URL('../agents-process.js', import.meta.url));
   const per = SPREAD.agents / SPREAD.processes;
   const agents: ChildProcess[] = [];
+  const rawSubject = 'bench.haltall4p';
   const client = await connectRuntime(ctx.natsUrl, 'bench-halt4-client');
+  const rawNc = await connectNats({ servers: ctx.natsUrl, noAsyncTraces: true });
+  const results: Result[] = [];
   try {
     for (let p = 0; p < SPREAD.processes; p++) {
-      const cfg = { url: ctx.natsUrl, role, prefix: `h4p${p}-`, count: per };
+      const cfg = { url: ctx.natsUrl, role, prefix: `h4p${p}-`, count: per, raw: rawSubject };
       agents.push(await spawnNode([script, JSON.stringify(cfg)]));
     }
     const deadline = Date.now() + 30_000;
@@ -218,6 +237,7 @@ async function spread(ctx: SuiteContext, iterations: number): Promise<void> {
           ? []
           : await Promise.all([0, 1].map(() => spawnNode(['-e', 'for (;;) {}'], false)));
       const times = { memory: [] as number[], listing: [] as number[] };
+      const raws = { memory: [] as number[], listing: [] as number[] };
       try {
         // Alternating blocks, so that drift of the machine falls on both paths alike.
         const block = Math.max(1, Math.ceil(iterations / 2));
@@ -230,8 +250,12 @@ async function spread(ctx: SuiteContext, iterations: number): Promise<void> {
             );
             try {
               const label = `${SPREAD.agents} agents in ${SPREAD.processes} processes, ${load}, ${path}`;
-              await haltRounds(ctx, client, SPREAD.agents, 1, label); // warm-up
-              times[path].push(...(await haltRounds(ctx, client, SPREAD.agents, block, label)));
+              const raw = { nc: rawNc, subject: rawSubject, out: [] as number[] };
+              await haltRounds(ctx, client, SPREAD.agents, 1, label, raw); // warm-up
+              raw.out = raws[path];
+              times[path].push(
+                ...(await haltRounds(ctx, client, SPREAD.agents, block, label, raw)),
+              );
             } finally {
               await sv.stop();
               await svRt.close();
@@ -240,6 +264,24 @@ async function spread(ctx: SuiteContext, iterations: number): Promise<void> {
         }
       } finally {
         await stopChildren(busy, 'SIGKILL');
+      }
+      for (const path of ['memory', 'listing'] as const) {
+        const name = `${SPREAD.agents} agents in ${SPREAD.processes} processes, ${load}${path === 'memory' ? '' : ', listing per halt (before)'}`;
+        const rawSorted = [...raws[path]].sort((a, b) => a - b);
+        const sorted = [...times[path]].sort((a, b) => a - b);
+        results.push(
+          compare(`halt-all → acks p50, ${name}`, 'µs', 'lower', {
+            raw: [percentile(rawSorted, 0.5)],
+            reins: [percentile(sorted, 0.5)],
+          }),
+          compare(`halt-all → acks p99, ${name}`, 'µs', 'lower', {
+            raw: [percentile(rawSorted, 0.99)],
+            reins: [percentile(sorted, 0.99)],
+          }),
+        );
+        ctx.log(
+          `${name}: raw p50 ${(percentile(rawSorted, 0.5) / 1000).toFixed(1)} ms p99 ${(percentile(rawSorted, 0.99) / 1000).toFixed(1)} ms`,
+        );
       }
       for (const path of ['memory', 'listing'] as const) {
         const xs = times[path].sort((a, b) => a - b);
@@ -262,14 +304,16 @@ async function spread(ctx: SuiteContext, iterations: number): Promise<void> {
       }
     }
   } finally {
+    await rawNc.close();
     await client.close();
     await stopChildren(agents, 'SIGTERM');
   }
+  return results;
 }
 
 async function runAll(ctx: SuiteContext): Promise<Result[]> {
   const results = await run(ctx);
-  await spread(ctx, ctx.quick ? QUICK.iterations : 2 * FULL.iterations);
+  results.push(...(await spread(ctx, ctx.quick ? QUICK.iterations : 2 * FULL.iterations)));
   return results;
 }
 
