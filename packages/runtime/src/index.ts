@@ -22,6 +22,7 @@ export {
   ensureTaskStream,
   isCasConflict,
   openBucket,
+  bucketKeys,
 } from './infrastructure.js';
 export type { TraceRetention } from './infrastructure.js';
 export { mapTransportError } from './transport-errors.js';

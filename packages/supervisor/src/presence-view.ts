@@ -2,6 +2,7 @@ import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import type { KV, KvWatchEntry } from '@nats-io/kv';
 import { Buckets, ProtocolError, type Heartbeat } from '@reins/protocol';
 import {
+  bucketKeys,
   decodePresence,
   listAgents,
   presenceOf,
@@ -35,9 +36,14 @@ export interface PresenceViewOptions {
   deliveryDelayMs?: number;
 }
 
-/** A presence entry as the watch delivered it; decoded on the first question that needs it. */
+/**
+ * A presence key as last seen (by the watch or a listing), with the stream sequence of that
+ * value (`value: null`: deleted; kept only while a listing is being merged, so that the listing
+ * cannot bring back a key the watch saw deleted). Decoded on the first question that needs it.
+ */
 interface Entry {
-  value: Uint8Array;
+  rev: number;
+  value: Uint8Array | null;
   /** Decoded heartbeat (`null`: unreadable, skipped as a listing skips it). */
   hb?: Heartbeat | null;
 }
@@ -70,17 +76,24 @@ export interface PresenceViewStats {
 }
 
 /**
- * The agents in presence (KV `reins_agents`), kept in memory from a watch of the bucket, so a
- * halt or resume does not list ~1,000 keys (one stream info and one KV read per agent) each
- * time. Answers with the same rules as `listAgents` (`presenceOf`: lost once the heartbeat
- * expired, stopped left out unless asked for).
+ * The agents in presence (KV `reins_agents`), kept in memory, so a halt or resume does not list
+ * ~1,000 keys (one stream info and one KV read per agent) each time. Answers with the same rules
+ * as `listAgents` (`presenceOf`: lost once the heartbeat expired, stopped left out unless asked
+ * for).
  *
- * As correct as a listing: before answering, a question reads the bucket stream's last
- * sequence (one direct read on the stream leader) and waits until the watch has delivered
- * it — a barrier, so every presence write acknowledged before the question (an agent that
- * started a moment ago) is in the answer. Fail safe: while the watch is down (not started,
- * ended and not restarted yet) or when it has not caught up (still loading the bucket's
- * values, lagging) within `catchUpMs`, the question is answered by `listAgents`.
+ * How it stays complete: the watch starts right after the stream's last sequence L read before
+ * it (`resumeFromRevision`, one filter: nats-server 2.9 takes no more), so it delivers every
+ * presence write after L in order; the keys as they were up to L come from one listing, merged
+ * by sequence. Consecutive writes have consecutive sequences (every message of the stream is a
+ * presence write), so a delivery that skips some (messages superseded before the watch got to
+ * them: it lagged) is noticed, and the view is listed again before it answers.
+ *
+ * As correct as a listing: before answering, a question reads the sequence of the bucket's last
+ * message (one read on the stream leader) and waits until the view has it — a barrier, so every
+ * presence write acknowledged before the question (an agent that started a moment ago) is in the
+ * answer. Fail safe: while the watch is down (not started, ended and not restarted yet) or when
+ * the view does not catch up (still listing, lagging) within `catchUpMs`, the question is
+ * answered by `listAgents`; a watch that did not catch up is started afresh.
  */
 export class PresenceView {
   readonly #runtime: Runtime;
@@ -92,10 +105,14 @@ export class PresenceView {
   readonly #restartMs: number;
   readonly #delayMs: number;
   readonly #entries = new Map<string, Entry>();
-  /** Highest stream sequence the current watch delivered (0: none yet). */
+  /** The view holds every presence write up to this stream sequence (once `#ready`). */
   #delivered = 0;
-  /** True once the current watch delivered the bucket's values from when it started. */
+  /** The sequence the watch delivers next, when it skips none. */
+  #next = 0;
+  /** True once a listing was merged since the watch started or skipped writes. */
   #ready = false;
+  /** Listings started; only the last one is merged. */
+  #listings = 0;
   #watching = false;
   #stopped = false;
   /** A watch is being created. */
@@ -142,10 +159,13 @@ export class PresenceView {
 
   /** The agents in presence, as `listAgents(runtime, filter)` would list them now. */
   async agents(filter: PresenceFilter = {}): Promise<AgentPresence[]> {
-    if (await this.#caughtUp()) {
+    const caughtUp = await this.#caughtUp();
+    if (caughtUp) {
       this.stats.watched++;
       const beats: Heartbeat[] = [];
+      if (caughtUp === 'empty') return [];
       for (const e of this.#entries.values()) {
+        if (e.value === null) continue;
         if (e.hb === undefined) e.hb = decodePresence(e.value) ?? null;
         if (e.hb) beats.push(e.hb);
       }
@@ -165,10 +185,11 @@ export class PresenceView {
   }
 
   /**
-   * The barrier: true once the watch has delivered the bucket's last sequence as of now; false
-   * when the watch is down or does not get there within `catchUpMs`.
+   * The barrier: true once the view holds the bucket's last sequence as of now (`empty`: the
+   * bucket holds nothing); false when the watch is down or the view does not get there within
+   * `catchUpMs`.
    */
-  async #caughtUp(): Promise<boolean> {
+  async #caughtUp(): Promise<boolean | 'empty'> {
     if (!this.#watching) return false;
     const epoch = this.#epoch;
     let last: number;
@@ -182,11 +203,8 @@ export class PresenceView {
       return false;
     }
     if (this.#epoch !== epoch || !this.#watching) return false;
-    // An empty bucket: nothing to wait for, and nobody is present (whatever was delivered).
-    if (last === 0) {
-      this.#entries.clear();
-      return true;
-    }
+    // An empty bucket: nothing to wait for, and nobody is present.
+    if (last === 0) return 'empty';
     if (this.#ready && this.#delivered >= last) return true;
     const caughtUp = await new Promise<boolean>((resolve) => {
       const waiter = { seq: last, resolve };
@@ -197,7 +215,7 @@ export class PresenceView {
         this.#waiters.splice(i, 1);
         resolve(false);
         // A watch this far behind has probably stalled (its consumer lost with a server node,
-        // say): start it afresh, it reloads the bucket's values.
+        // say): start it afresh (and list the bucket again).
         this.#renew(epoch);
       }, this.#catchUpMs).unref();
     });
@@ -221,8 +239,11 @@ export class PresenceView {
     clearTimeout(this.#restartTimer);
     this.#starting = true;
     let w: Awaited<ReturnType<KV['watch']>>;
+    let from: number;
     try {
-      w = await this.#kv.watch({ key: '>' });
+      const info = await this.#jsm.streams.info(`KV_${Buckets.agents}`);
+      from = info.state.last_seq + 1;
+      w = await this.#kv.watch({ key: '>', resumeFromRevision: from });
     } catch (err) {
       this.#logger.warn({ err }, 'presence view: cannot watch presence; halts list agents');
       this.#restart();
@@ -238,12 +259,15 @@ export class PresenceView {
     this.#watching = true;
     const epoch = this.#epoch;
     this.#stopWatch = () => w.stop();
+    this.#next = from;
+    this.#delivered = from - 1;
+    void this.#list(epoch);
     void (async () => {
       try {
         for await (const e of w) {
           if (this.#delayMs > 0) await new Promise((r) => setTimeout(r, this.#delayMs));
           if (this.#epoch !== epoch) break;
-          this.#apply(e);
+          this.#apply(e, epoch);
         }
       } finally {
         if (this.#epoch === epoch) {
@@ -255,11 +279,59 @@ export class PresenceView {
     })().catch(() => undefined);
   }
 
-  #apply(e: KvWatchEntry): void {
-    if (e.operation === 'PUT') this.#entries.set(e.key, { value: e.value });
-    else this.#entries.delete(e.key);
-    if (e.isUpdate) this.#ready = true;
+  #apply(e: KvWatchEntry, epoch: number): void {
+    if (e.revision > this.#next) {
+      // Writes superseded before the watch got to them: one of them may have been the first
+      // heartbeat of an agent, which only a listing can tell now.
+      this.#logger.debug(
+        { expected: this.#next, got: e.revision },
+        'presence view: the watch skipped writes; listing presence again',
+      );
+      void this.#list(epoch);
+    }
+    this.#next = Math.max(this.#next, e.revision + 1);
+    this.#merge(e.key, e.revision, e.operation === 'PUT' ? e.value : null);
     if (e.revision > this.#delivered) this.#delivered = e.revision;
+    this.#wake();
+  }
+
+  /** Keeps `value` for `key` unless a newer sequence of it is known. */
+  #merge(key: string, rev: number, value: Uint8Array | null): void {
+    const had = this.#entries.get(key);
+    if (had && had.rev >= rev) return;
+    this.#entries.set(key, { rev, value });
+  }
+
+  /**
+   * Lists the bucket (key names, then each key with its sequence) and merges it: the keys as
+   * they were before the watch started, or where it skipped writes. Until it is merged the view
+   * is not ready (questions wait, then list themselves). A listing that fails is tried again.
+   */
+  async #list(epoch: number): Promise<void> {
+    this.#ready = false;
+    const n = ++this.#listings;
+    try {
+      const keys = await bucketKeys(this.#runtime.nc, Buckets.agents);
+      const got = await Promise.all(keys.map((k) => this.#kv.get(k)));
+      if (this.#epoch !== epoch || this.#listings !== n) return;
+      for (const e of got) {
+        if (e) this.#merge(e.key, e.revision, e.operation === 'PUT' ? e.value : null);
+      }
+      // Deleted keys were kept only so that this listing could not bring them back.
+      for (const [key, e] of this.#entries) if (e.value === null) this.#entries.delete(key);
+      this.#ready = true;
+      this.#wake();
+    } catch (err) {
+      if (this.#epoch !== epoch || this.#listings !== n) return;
+      this.#logger.warn({ err }, 'presence view: cannot list presence; trying again');
+      setTimeout(() => {
+        if (this.#epoch === epoch && this.#listings === n) void this.#list(epoch);
+      }, this.#restartMs).unref();
+    }
+  }
+
+  /** Answers the questions the view now holds the sequence of. */
+  #wake(): void {
     if (this.#waiters.length === 0) return;
     const still: Waiter[] = [];
     for (const waiter of this.#waiters) {
@@ -281,6 +353,8 @@ export class PresenceView {
     this.#watching = false;
     this.#ready = false;
     this.#delivered = 0;
+    this.#next = 0;
+    this.#listings++;
     this.#stopWatch = undefined;
     this.#entries.clear();
     for (const waiter of this.#waiters) waiter.resolve(false);
