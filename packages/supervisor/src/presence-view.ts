@@ -38,8 +38,8 @@ export interface PresenceViewOptions {
 
 /**
  * A presence key as last seen (by the watch or a listing), with the stream sequence of that
- * value (`value: null`: deleted; kept only while a listing is being merged, so that the listing
- * cannot bring back a key the watch saw deleted). Decoded on the first question that needs it.
+ * value (`value: null`: deleted — kept, as the bucket keeps its delete marker, so that a listing
+ * neither reads it again nor brings it back). Decoded on the first question that needs it.
  */
 interface Entry {
   rev: number;
@@ -73,6 +73,8 @@ export interface PresenceViewStats {
   watched: number;
   /** Questions answered by a listing (watch down, not ready or not caught up in time). */
   listed: number;
+  /** Listings of the bucket's keys merged into the view (at start, after skipped writes). */
+  relisted: number;
 }
 
 /**
@@ -111,8 +113,9 @@ export class PresenceView {
   #next = 0;
   /** True once a listing was merged since the watch started or skipped writes. */
   #ready = false;
-  /** Listings started; only the last one is merged. */
-  #listings = 0;
+  /** The epoch of the listing in flight, if any; `#again`: another was asked for meanwhile. */
+  #listingEpoch: number | undefined;
+  #again = false;
   #watching = false;
   #stopped = false;
   /** A watch is being created. */
@@ -122,7 +125,7 @@ export class PresenceView {
   #restartTimer: NodeJS.Timeout | undefined;
   /** Questions waiting for the watch to reach a sequence. */
   #waiters: Waiter[] = [];
-  readonly stats: PresenceViewStats = { watched: 0, listed: 0 };
+  readonly stats: PresenceViewStats = { watched: 0, listed: 0, relisted: 0 };
 
   private constructor(
     runtime: Runtime,
@@ -261,7 +264,7 @@ export class PresenceView {
     this.#stopWatch = () => w.stop();
     this.#next = from;
     this.#delivered = from - 1;
-    void this.#list(epoch);
+    this.#requestList(epoch);
     void (async () => {
       try {
         for await (const e of w) {
@@ -287,7 +290,7 @@ export class PresenceView {
         { expected: this.#next, got: e.revision },
         'presence view: the watch skipped writes; listing presence again',
       );
-      void this.#list(epoch);
+      this.#requestList(epoch);
     }
     this.#next = Math.max(this.#next, e.revision + 1);
     this.#merge(e.key, e.revision, e.operation === 'PUT' ? e.value : null);
@@ -303,30 +306,53 @@ export class PresenceView {
   }
 
   /**
-   * Lists the bucket (key names, then each key with its sequence) and merges it: the keys as
-   * they were before the watch started, or where it skipped writes. Until it is merged the view
-   * is not ready (questions wait, then list themselves). A listing that fails is tried again.
+   * Asks for the bucket's keys to be listed (one stream info) and the ones the view does not
+   * know read and merged: the keys as they were before the watch started, or a key whose only
+   * write the watch skipped. The view is not ready until a listing asked for after the last
+   * skip is merged (questions wait, then list themselves). One listing runs at a time; asks
+   * meanwhile make one more. A listing that fails is tried again.
    */
-  async #list(epoch: number): Promise<void> {
+  #requestList(epoch: number): void {
     this.#ready = false;
-    const n = ++this.#listings;
+    if (this.#listingEpoch === epoch) {
+      this.#again = true;
+      return;
+    }
+    this.#listingEpoch = epoch;
+    this.#again = false;
+    void this.#list(epoch);
+  }
+
+  async #list(epoch: number): Promise<void> {
+    let ok = false;
     try {
       const keys = await bucketKeys(this.#runtime.nc, Buckets.agents);
-      const got = await Promise.all(keys.map((k) => this.#kv.get(k)));
-      if (this.#epoch !== epoch || this.#listings !== n) return;
+      if (this.#epoch !== epoch) return;
+      const got = await Promise.all(
+        keys.filter((k) => !this.#entries.has(k)).map((k) => this.#kv.get(k)),
+      );
+      if (this.#epoch !== epoch) return;
       for (const e of got) {
         if (e) this.#merge(e.key, e.revision, e.operation === 'PUT' ? e.value : null);
       }
-      // Deleted keys were kept only so that this listing could not bring them back.
-      for (const [key, e] of this.#entries) if (e.value === null) this.#entries.delete(key);
-      this.#ready = true;
-      this.#wake();
+      this.stats.relisted++;
+      ok = true;
     } catch (err) {
-      if (this.#epoch !== epoch || this.#listings !== n) return;
+      if (this.#epoch !== epoch) return;
       this.#logger.warn({ err }, 'presence view: cannot list presence; trying again');
-      setTimeout(() => {
-        if (this.#epoch === epoch && this.#listings === n) void this.#list(epoch);
-      }, this.#restartMs).unref();
+    } finally {
+      if (this.#epoch === epoch) {
+        this.#listingEpoch = undefined;
+        if (!ok) {
+          setTimeout(() => {
+            if (this.#epoch === epoch) this.#requestList(epoch);
+          }, this.#restartMs).unref();
+        } else if (this.#again) this.#requestList(epoch);
+        else {
+          this.#ready = true;
+          this.#wake();
+        }
+      }
     }
   }
 
@@ -354,7 +380,8 @@ export class PresenceView {
     this.#ready = false;
     this.#delivered = 0;
     this.#next = 0;
-    this.#listings++;
+    this.#listingEpoch = undefined;
+    this.#again = false;
     this.#stopWatch = undefined;
     this.#entries.clear();
     for (const waiter of this.#waiters) waiter.resolve(false);

@@ -125,7 +125,7 @@ describe('PresenceView', () => {
     down.stop();
     await kv.put('pv-down', beat('pv-down', 'down'));
     expect((await down.agents()).map((a) => a.agentId)).toContain('pv-down');
-    expect(down.stats).toEqual({ watched: 0, listed: 1 });
+    expect(down.stats).toMatchObject({ watched: 0, listed: 1 });
     await kv.delete('pv-slow');
     await kv.delete('pv-down');
   });
@@ -135,7 +135,7 @@ describe('PresenceView', () => {
     try {
       const off = await open();
       await off.agents();
-      expect(off.stats).toEqual({ watched: 0, listed: 1 });
+      expect(off.stats).toMatchObject({ watched: 0, listed: 1 });
       process.env['REINS_PRESENCE_WATCH'] = 'maybe';
       await expect(open()).rejects.toThrow(/REINS_PRESENCE_WATCH/);
     } finally {
