@@ -8,8 +8,8 @@ export { subscribeTraces } from './trace-subscriber.js';
 export type { TraceStart, SubscribeTracesOptions, TraceSubscription } from './trace-subscriber.js';
 export { RunRecords, isRunEnded } from './run-records.js';
 export type { WaitForEndOptions } from './run-records.js';
-export { listAgents, purgeLostAgents } from './presence.js';
-export type { AgentPresence } from './presence.js';
+export { decodePresence, listAgents, presenceOf, purgeLostAgents } from './presence.js';
+export type { AgentPresence, PresenceFilter } from './presence.js';
 export { handleSignals } from './shutdown.js';
 export type { ShutdownOptions } from './shutdown.js';
 export { HaltMarkers, scopeFromKey } from './halt-markers.js';
@@ -22,6 +22,7 @@ export {
   ensureTaskStream,
   isCasConflict,
   openBucket,
+  bucketKeys,
 } from './infrastructure.js';
 export type { TraceRetention } from './infrastructure.js';
 export { mapTransportError } from './transport-errors.js';

@@ -17,10 +17,7 @@ export interface AgentPresence extends Heartbeat {
  */
 export async function listAgents(
   runtime: Runtime,
-  options: {
-    now?: number;
-    includeStopped?: boolean;
-    includeLost?: boolean;
+  options: PresenceFilter & {
     /** Keep retrying a listing JetStream does not answer for this long (default 10 s). */
     timeoutMs?: number;
   } = {},
@@ -37,18 +34,53 @@ export async function listAgents(
     },
     { timeoutMs: options.timeoutMs ?? 10_000 },
   );
-  const out: AgentPresence[] = [];
+  const beats: Heartbeat[] = [];
   for (const e of entries) {
-    if (!e || e.operation !== 'PUT' || e.value.length === 0) continue;
-    let hb: Heartbeat;
-    try {
-      hb = decode(Heartbeat, e.value, { name: 'heartbeat' });
-    } catch {
-      continue;
-    }
+    if (!e || e.operation !== 'PUT') continue;
+    const hb = decodePresence(e.value);
+    if (hb) beats.push(hb);
+  }
+  return presenceOf(beats, { ...options, now });
+}
+
+/** Which agents a presence listing keeps (see `listAgents`). */
+export interface PresenceFilter {
+  /** The moment heartbeat expiry is judged at (default now). */
+  now?: number;
+  /** Keep agents that stopped cleanly. */
+  includeStopped?: boolean;
+  /** Keep agents whose heartbeat expired (default true). */
+  includeLost?: boolean;
+}
+
+/**
+ * The heartbeat a presence entry (KV `reins_agents`) holds, or undefined when it holds none
+ * (an empty value, an unreadable one): such an entry is skipped, as `listAgents` does.
+ */
+export function decodePresence(value: Uint8Array): Heartbeat | undefined {
+  if (value.length === 0) return undefined;
+  try {
+    return decode(Heartbeat, value, { name: 'heartbeat' });
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Agents as `listAgents` shows them, from heartbeats already read: `lost` once the heartbeat
+ * expired (unless it said `stopped`), filtered by `filter`, sorted by role then agent id. Any
+ * view of presence (a listing, a watch) answers with these rules.
+ */
+export function presenceOf(
+  beats: Iterable<Heartbeat>,
+  filter: PresenceFilter = {},
+): AgentPresence[] {
+  const now = filter.now ?? Date.now();
+  const out: AgentPresence[] = [];
+  for (const hb of beats) {
     const lost = hb.expiresAt < now && hb.status !== 'stopped';
-    if (lost && options.includeLost === false) continue;
-    if (hb.status === 'stopped' && !options.includeStopped) continue;
+    if (lost && filter.includeLost === false) continue;
+    if (hb.status === 'stopped' && !filter.includeStopped) continue;
     out.push({ ...hb, status: lost ? 'lost' : hb.status, ageMs: now - hb.ts });
   }
   return out.sort((a, b) => a.role.localeCompare(b.role) || a.agentId.localeCompare(b.agentId));

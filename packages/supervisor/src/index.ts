@@ -71,3 +71,5 @@ export type {
 export { startSupervisor } from './supervisor.js';
 export type { Supervisor, SupervisorOptions } from './supervisor.js';
 export { RunStore, isTerminal } from './run-store.js';
+export { PresenceView } from './presence-view.js';
+export type { PresenceViewOptions, PresenceViewStats } from './presence-view.js';

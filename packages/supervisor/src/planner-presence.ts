@@ -1,5 +1,6 @@
 import { TimeoutError } from '@reins/protocol';
 import { listAgents, type AgentPresence } from '@reins/runtime';
+import { PresenceView } from './presence-view.js';
 
 /** How `PlannerPresence` lists the agents in presence (KV `reins_agents`). */
 export type ListLiveAgents = () => Promise<AgentPresence[]>;
@@ -38,10 +39,17 @@ export class PlannerPresence {
     this.#list = list;
   }
 
-  /** A presence view over `runtime`'s agents bucket. */
-  static of(runtime: Parameters<typeof listAgents>[0]): PlannerPresence {
+  /**
+   * Over `runtime`'s agents bucket (a listing per miss), or over a `PresenceView` (from memory
+   * once its watch caught up with the bucket).
+   */
+  static of(source: Parameters<typeof listAgents>[0] | PresenceView): PlannerPresence {
+    if (source instanceof PresenceView)
+      return new PlannerPresence(() =>
+        source.agents({ includeLost: false, includeStopped: false }),
+      );
     return new PlannerPresence(() =>
-      listAgents(runtime, { includeLost: false, includeStopped: false, timeoutMs: 5_000 }),
+      listAgents(source, { includeLost: false, includeStopped: false, timeoutMs: 5_000 }),
     );
   }
 

@@ -45,7 +45,6 @@ import {
   broadcastControl,
   defaultReplicas,
   defineActor,
-  listAgents,
   openBucket,
   scopeMatches,
   ServerClock,
@@ -72,6 +71,7 @@ import {
 } from './run-state.js';
 import { compilePolicy, narrowPolicy, type Policy, type PolicyDocument } from './policy.js';
 import { PlannerPresence } from './planner-presence.js';
+import { PresenceView } from './presence-view.js';
 import { RunStore, isTerminal } from './run-store.js';
 import { loadSigningKey, trustedIssuersFromEnv } from './signing-key.js';
 import { runDecisions } from './run-decisions.js';
@@ -213,7 +213,9 @@ export async function startSupervisor(
     const e = await haltsKv.get(scopeKey(scope));
     return e?.operation === 'PUT' && e.value.length > 0;
   };
-  const planners = PlannerPresence.of(runtime);
+  // Who is present, kept in memory from a watch of the presence bucket (halts, resumes, admission).
+  const presence = await PresenceView.start(runtime, { logger });
+  const planners = PlannerPresence.of(presence);
   const policyCache = new Map<string, Policy>();
   /**
    * Ids of tool grants this instance issued recently (bounded). Tool grants reserve nothing, so
@@ -378,9 +380,9 @@ export async function startSupervisor(
    * fences (for a run: those working on it).
    */
   const controlTargets = async (scope: Scope) => {
-    // Bounded well below a halt's own deadline: a listing JetStream does not answer is retried
-    // (K9), but a halt must not wait on it for long.
-    const live = (await listAgents(runtime, { includeLost: false, timeoutMs: 5_000 })).filter(
+    // From memory once the watch caught up with the bucket; else a listing bounded well below a
+    // halt's own deadline (a listing JetStream does not answer is retried, K9).
+    const live = (await presence.agents({ includeLost: false })).filter(
       (ag) => ag.role !== 'supervisor',
     );
     const owners = live.filter((ag) =>
@@ -425,11 +427,7 @@ export async function startSupervisor(
       return run;
     }
     if (marked) return undefined;
-    const known = await listAgents(runtime, {
-      includeLost: true,
-      includeStopped: true,
-      timeoutMs: 5_000,
-    });
+    const known = await presence.agents({ includeLost: true, includeStopped: true });
     if (scope.kind === 'agent' && !known.some((ag) => ag.agentId === scope.agentId)) {
       throw new NotFoundError(`unknown agent ${scope.agentId}: no such agent in presence`, {
         details: { scope },
@@ -992,6 +990,7 @@ export async function startSupervisor(
           );
         });
         runs.stopWatch();
+        presence.stop();
         await reaper.stop();
         await clock.stop();
       },
