@@ -335,6 +335,14 @@ export class AuditWriter {
   readonly #shared: { trusted?: readonly string[] } | undefined;
   readonly #onStored: ((entries: readonly AuditEntry[], streamSeq: number) => void) | undefined;
   #head: Head | undefined;
+  /**
+   * A shared chain's writer that another one took over from (its expected sequence failed):
+   * it appends nothing more. (Re-reading the head would continue after the new owner's
+   * entries — exactly what the fence must prevent.)
+   */
+  #fenced = false;
+  /** A shared chain's head after an unacknowledged publish may only be one of these hashes. */
+  #reloadMustBe: ReadonlySet<string> | undefined;
   #pending: Pending[] = [];
   #running = false;
   #idle: Promise<void> = Promise.resolve();
@@ -520,7 +528,12 @@ export class AuditWriter {
 
   /** Chains `batch` onto the head, signs its last entry and publishes it; resolves once acked. */
   async #publish(batch: readonly Pending[]): Promise<AuditEntry[]> {
-    if (!this.#head) await this.#loadHead();
+    if (this.#fenced) {
+      throw new ConflictError(`audit: chain ${this.writerId} was taken over by another writer`, {
+        details: { writer: this.writerId },
+      });
+    }
+    if (!this.#head) await this.#reloadHead();
     const head = this.#head ?? { seq: 0, hash: GENESIS_HASH, streamSeq: 0 };
     const entries: AuditEntry[] = [];
     let last = { seq: head.seq, hash: head.hash };
@@ -546,6 +559,7 @@ export class AuditWriter {
         const code = (err as { code?: unknown }).code;
         if (code === 10071 || code === 10164) {
           this.#head = undefined;
+          if (this.#shared) this.#fenced = true;
           throw new ConflictError(
             `audit: another process appended to chain ${this.writerId}; the head is re-read`,
             { cause: err, details: { writer: this.writerId } },
@@ -555,11 +569,28 @@ export class AuditWriter {
     }
     if (!ack) {
       this.#head = undefined; // unknown whether it landed: re-read before the next batch
+      // On a shared chain the head read next must be ours: this batch, or the one before it.
+      if (this.#shared) this.#reloadMustBe = new Set([head.hash, last.hash]);
       throw new UnavailableError('audit: append not acknowledged', { cause: lastErr });
     }
     this.#head = { seq: last.seq, hash: last.hash, streamSeq: ack.seq };
     this.#onStored?.(entries, ack.seq);
     return entries;
+  }
+
+  /** `#loadHead`, refusing a shared chain that moved on past our last (maybe stored) batch. */
+  async #reloadHead(): Promise<void> {
+    await this.#loadHead();
+    const must = this.#reloadMustBe;
+    if (!must) return;
+    this.#reloadMustBe = undefined;
+    if (this.#head && must.has(this.#head.hash)) return;
+    this.#fenced = true;
+    this.#head = undefined;
+    throw new ConflictError(
+      `audit: chain ${this.writerId} moved on while an append was unacknowledged (taken over)`,
+      { details: { writer: this.writerId } },
+    );
   }
 
   /**

@@ -3,6 +3,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { z } from 'zod';
 import {
   ConflictError,
+  ProtocolError,
   UnavailableError,
   type AuditEntry,
   type GrantSigner,
@@ -31,6 +32,8 @@ export interface PartitionDeps {
   kv: KV;
   runs: RunStore;
   breakers: BreakerConfig;
+  /** The partition of a run (`Subjects.partitionOf`). */
+  partitionOf: (runId: string) => number;
 }
 
 /** A partition's state as of a stream sequence of its chain: where a new owner starts. */
@@ -147,6 +150,13 @@ export class Partition {
    */
   async state(runId: string): Promise<RunState | undefined> {
     this.#assertOwned();
+    // A run of another partition has its state with that partition's owner: deciding on it
+    // here would spend its budget twice.
+    if (this.#d.partitionOf(runId) !== this.n) {
+      throw new ProtocolError(`run ${runId} is not in partition ${this.n}`, {
+        details: { runId, partition: this.n },
+      });
+    }
     const known = this.#live.get(runId);
     if (known) return known;
     const rec = await this.#d.runs.get(runId);

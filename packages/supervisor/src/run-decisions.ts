@@ -214,7 +214,14 @@ export function runDecisions(d: RunDecisionDeps) {
       st = await liveState(part, req.runId);
     } catch (err) {
       if (err instanceof ReinsError)
-        return deny(err, err.code === 'NOT_FOUND' ? 'run.unknown' : 'run.not_live');
+        return deny(
+          err,
+          err.code === 'NOT_FOUND'
+            ? 'run.unknown'
+            : err.code === 'BAD_REQUEST'
+              ? 'run.partition'
+              : 'run.not_live',
+        );
       throw err;
     }
     const halted = haltedScope(req);

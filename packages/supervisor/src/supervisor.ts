@@ -931,6 +931,7 @@ export async function startSupervisor(
           kv: partitionsKv,
           runs,
           breakers,
+          partitionOf: (runId) => subjects.partitionOf(runId),
         });
         owned.set(n, { part, subs: servePartition(part) });
         logger.debug({ partition: n }, 'partition acquired');

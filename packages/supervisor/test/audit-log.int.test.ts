@@ -108,6 +108,32 @@ describe('audit log', () => {
     await nats.stop();
   });
 
+  it('a shared chain (a run partition) passes from writer to writer; the one taken over from appends nothing more', async () => {
+    const id = wid('part-');
+    const other = createGrantSigner().signer;
+    const first = await AuditWriter.open(nc, { writerId: id, signer, shared: {} });
+    await first.append({ action: 'partition.acquire', actor: 'sv-a' });
+    await first.append({ action: 'grant', actor: 'sv-a', runId: 'r1' });
+    // A successor with another key continues the same chain after the first writer's entries.
+    const next = await AuditWriter.open(nc, { writerId: id, signer: other, shared: {} });
+    const acquired = await next.append({ action: 'partition.acquire', actor: 'sv-b' });
+    expect(acquired.seq).toBe(3);
+    // The first writer, unaware, appends: refused — and so is everything after, even though
+    // re-reading the head would let it chain on (that is what the fence must prevent).
+    const late = await Promise.allSettled([
+      first.append({ action: 'grant', actor: 'sv-a', runId: 'r1' }),
+      first.append({ action: 'grant', actor: 'sv-a', runId: 'r1' }),
+    ]);
+    expect(late.map((r) => r.status)).toEqual(['rejected', 'rejected']);
+    await expect(first.append({ action: 'grant', actor: 'sv-a', runId: 'r1' })).rejects.toThrow(
+      ConflictError,
+    );
+    await next.append({ action: 'grant', actor: 'sv-b', runId: 'r1' });
+    expect((await collect(nc, id)).map((e) => e.actor)).toEqual(['sv-a', 'sv-a', 'sv-b', 'sv-b']);
+    // Without a trust list the key may change only where a new owner took over.
+    expect(await verifyAudit(nc, { writer: id })).toMatchObject({ ok: true, count: 4 });
+  });
+
   it('writes a signed chain that verifies, with concurrent appends serialized', async () => {
     const id = wid('chain');
     const w = await open(nc, id);

@@ -260,6 +260,30 @@ describe('supervisor actor', () => {
     expect(listed.runs.find((r) => r.runId === run.runId)?.used.steps).toBe(10);
   });
 
+  it("refuses a run-scoped request sent to another partition than the run's: its budget is the other owner's", async () => {
+    const run = await start({ steps: 5 });
+    const other = (client.subjects.partitionOf(run.runId) + 1) % client.subjects.partitions;
+    const d = await client.request(
+      client.subjects.partition(other).authorize,
+      AuthorizeRequest,
+      Decision,
+      {
+        runId: run.runId,
+        agentId: 'p1',
+        role: 'planner',
+        stepId: 's1',
+        kind: 'llm',
+        model: 'scripted',
+        estimate: { inputTokens: 10, outputTokens: 10, usd: 0 },
+      },
+      { timeoutMs: 30_000 },
+    );
+    expect(d).toMatchObject({ decision: 'deny', rule: 'run.partition' });
+    // Nothing was reserved or spent: the run's own partition grants all of its 5 steps.
+    for (let i = 0; i < 5; i++) expect((await authorize(run.runId, 0)).decision).toBe('grant');
+    expect((await authorize(run.runId, 0)).decision).toBe('deny');
+  });
+
   it('step cap: a run with budget.steps = N gets exactly N model-call grants', async () => {
     const run = await start({ steps: 4 });
     const results: string[] = [];
