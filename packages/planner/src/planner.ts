@@ -400,11 +400,34 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
   }
 
   /** One governed step of a run. */
+  /** What a step carries to its first tool call. */
+  type Carried = { settle?: SettleRequest };
+
+  /**
+   * One step of a run. The model call's settle rides on the step's first tool call (`sv.act`)
+   * when there is one; whatever is still carried when the step ends — no tool call was sent,
+   * or the step stopped first — is sent on its own.
+   */
   async function step(
     a: Actor,
     task: Task,
     ctx: WorkContext,
     firstDelivery: boolean,
+  ): Promise<void> {
+    const carried: Carried = {};
+    try {
+      await stepBody(a, task, ctx, firstDelivery, carried);
+    } finally {
+      if (carried.settle) void sendSettle(a, carried.settle);
+    }
+  }
+
+  async function stepBody(
+    a: Actor,
+    task: Task,
+    ctx: WorkContext,
+    firstDelivery: boolean,
+    carried: Carried,
   ): Promise<void> {
     const runId = task.runId;
     let run = runCache.get(runId);
@@ -545,22 +568,24 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         // worst case. A refused call (auth, rate limit, bad request) cost nothing.
         const cutOff =
           err instanceof ReinsError && (err.code === 'ABORTED' || err.code === 'TIMEOUT');
-        void settle(
+        void sendSettle(
           a,
-          grant,
-          cutOff
-            ? {
-                inputTokens: estimate.inputTokens,
-                outputTokens: estimate.outputTokens,
-                usd: estimate.usd,
-              }
-            : { inputTokens: 0, outputTokens: 0, usd: 0 },
-          'error',
+          settleRequest(
+            grant,
+            cutOff
+              ? {
+                  inputTokens: estimate.inputTokens,
+                  outputTokens: estimate.outputTokens,
+                  usd: estimate.usd,
+                }
+              : { inputTokens: 0, outputTokens: 0, usd: 0 },
+            'error',
+          ),
         );
         throw err;
       }
       const usd = costOrZero(model, result.usage);
-      const settled = settle(a, grant, { ...result.usage, usd }, 'ok');
+      const settleReq = settleRequest(grant, { ...result.usage, usd }, 'ok');
       trace(
         'model.result',
         {
@@ -594,11 +619,13 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         trace('step.end', { step: stepNo, final: true });
         // The last call's actual cost is counted before the end is reported, so the run's
         // record says what it really used (a settle after the end is corrected later).
-        await settled;
+        await sendSettle(a, settleReq);
         await endRun(a, runId, 'completed', { answer });
         forget(runId);
         return;
       }
+      // Sent with the step's first tool call (or on its own when the step ends without one).
+      carried.settle = settleReq;
       pending = { step: stepNo, assistant: result.message, results: {} };
       state = { ...state, pending, owner: a.agentId, leaseUntil: Date.now() + leaseMs };
       const saved = await saveUnlessSuperseded(state, revision);
@@ -614,7 +641,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
     const outcomes = await Promise.allSettled(
       parsed.map(async (call, i) => {
         if (results[call.id]) return;
-        results[call.id] = await runToolCall(a, run, stepNo, stepId, i, call, ctx, trace);
+        results[call.id] = await runToolCall(a, run, stepNo, stepId, i, call, ctx, trace, carried);
       }),
     );
     const failed = outcomes.find((o) => o.status === 'rejected');
@@ -719,34 +746,44 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
    * that never gets through leaves the reservation to be charged in full when its lease ends:
    * the budget stays safe but counts the worst case. Settling twice counts once.
    */
-  function settle(
-    a: Actor,
+  /** The settle of a model-call grant: what the call really cost. */
+  function settleRequest(
     grant: Grant,
     actual: { inputTokens: number; outputTokens: number; usd: number },
     outcome: 'ok' | 'error',
-  ): Promise<void> {
-    const req = {
+  ): SettleRequest {
+    return {
       grantId: grant.grantId,
       runId: grant.runId,
       agentId: grant.agentId,
       actual: { ...actual, steps: 1 },
       outcome,
     };
+  }
+
+  /**
+   * Sends a settle on its own, retried in the background until a supervisor acknowledges it;
+   * resolves then (never rejects: a settle that cannot be sent is charged in full at its lease end).
+   */
+  function sendSettle(a: Actor, req: SettleRequest): Promise<void> {
     const sent = retryTransport(
       'settle',
       () =>
-        runtime.request(subjects.settle(grant.runId), SettleRequest, SettleReply, req, {
+        runtime.request(subjects.settle(req.runId), SettleRequest, SettleReply, req, {
           timeoutMs: 5_000,
         }),
       { timeoutMs: SETTLE_RETRY_MS },
-    ).catch((err: unknown) => {
-      runtime.logger.error(
-        { err, grantId: grant.grantId },
-        'settle not acknowledged; the reservation will be charged in full when its lease ends',
-      );
-    });
+    ).then(
+      () => undefined,
+      (err: unknown) => {
+        runtime.logger.error(
+          { err, grantId: req.grantId },
+          'settle not acknowledged; the reservation will be charged in full when its lease ends',
+        );
+      },
+    );
     a.background(sent);
-    return sent.then(() => undefined);
+    return sent;
   }
 
   async function runToolCall(
@@ -762,6 +799,7 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
       data: Record<string, unknown>,
       ids?: { spanId?: string; parentId?: string },
     ) => void,
+    carried: Carried,
   ): Promise<ChatMessage> {
     const spanId = `${stepId}-t${index}`;
     const idempotencyKey = `${run.runId}.${stepNo}.${index}`;
@@ -791,22 +829,34 @@ export async function startPlanner(runtime: Runtime, options: PlannerOptions): P
         const output = await delegate(a, run, call.args, idempotencyKey, ctx, spanId);
         return done({ ok: true, output });
       }
-      const res = await runtime.request(
-        subjects.act(run.runId),
-        ActRequest,
-        ToolResult,
-        {
-          runId: run.runId,
-          agentId: a.agentId,
-          role,
-          stepId,
-          tool: call.name,
-          args: call.args,
-          idempotencyKey,
-          timeoutMs: toolTimeoutMs,
-        },
-        { signal: ctx.signal, timeoutMs: toolTimeoutMs + 5_000 },
-      );
+      // The step's model-call settle rides on its first tool call.
+      const settle = carried.settle;
+      delete carried.settle;
+      const res = await runtime
+        .request(
+          subjects.act(run.runId),
+          ActRequest,
+          ToolResult,
+          {
+            runId: run.runId,
+            agentId: a.agentId,
+            role,
+            stepId,
+            tool: call.name,
+            args: call.args,
+            idempotencyKey,
+            timeoutMs: toolTimeoutMs,
+            ...(settle ? { settle } : {}),
+          },
+          { signal: ctx.signal, timeoutMs: toolTimeoutMs + 5_000 },
+        )
+        .catch((err: unknown) => {
+          // No answer from the control plane: it may not have seen the settle either. Send it
+          // on its own (settling twice counts once). A refusal came after the settle counted.
+          const answered = err instanceof ReinsError && !err.retryable && err.code !== 'ABORTED';
+          if (settle && !answered) void sendSettle(a, settle);
+          throw err;
+        });
       return done(res.ok ? { ok: true, output: res.output } : { ok: false, error: res.error });
     } catch (err) {
       // The run itself is halted or paused: stop this step without recording a result.

@@ -251,6 +251,11 @@ export const ActRequest = z.object({
   args: Data,
   idempotencyKey: IdempotencyKey,
   timeoutMs: Millis.max(3_600_000).optional(),
+  /**
+   * The settle of the step's model call, riding on its first tool call instead of a request
+   * of its own (of the same run; applied before the call is decided; settling twice counts once).
+   */
+  settle: SettleRequest.optional(),
 });
 export type ActRequest = z.infer<typeof ActRequest>;
 

@@ -4,6 +4,7 @@ import {
   HaltedError,
   NotFoundError,
   PolicyDeniedError,
+  ProtocolError,
   ReinsError,
   hashArgs,
   newId,
@@ -354,6 +355,15 @@ export function runDecisions(d: RunDecisionDeps) {
     ctx: HandlerContext,
     part: Partition,
   ): Promise<undefined> => {
+    // The model call's settle riding on this call: counted first, whatever the call's fate.
+    if (req.settle) {
+      if (req.settle.runId !== req.runId || req.settle.agentId !== req.agentId) {
+        throw new ProtocolError('a settle riding on sv.act must be of the same run and agent', {
+          details: { runId: req.runId },
+        });
+      }
+      await settleAt(req.settle, part);
+    }
     const run = await liveRun(req.runId, true);
     const halted = haltedScope(req);
     if (halted) throw new HaltedError(`halted (${halted.kind})`, { details: { scope: halted } });

@@ -329,6 +329,45 @@ describe('supervisor actor', () => {
     expect((await authorize(run.runId, 0.1)).decision).toBe('grant');
   });
 
+  it("a model call's settle rides on the step's tool call: counted once, before the call is decided", async () => {
+    const run = await start({ usd: 1, steps: 10 });
+    const g = await authorize(run.runId, 0.3);
+    if (g.decision !== 'grant') throw new Error('no grant');
+    const settle = {
+      grantId: g.grant.grantId,
+      runId: run.runId,
+      agentId: 'p1',
+      actual: { inputTokens: 5, outputTokens: 7, usd: 0.02, steps: 1 },
+    };
+    const call = (extra: Record<string, unknown>) =>
+      client.request(client.subjects.act(run.runId), ActRequest, ToolResult, {
+        runId: run.runId,
+        agentId: 'p1',
+        role: 'planner',
+        stepId: 's1',
+        tool: 'read_file',
+        args: { path: 'a.txt' },
+        idempotencyKey: `${run.runId}:carry:${Math.random().toString(36).slice(2)}`,
+        ...extra,
+      });
+    expect(await call({ settle })).toMatchObject({ ok: true });
+    const budget = () =>
+      client.request(client.subjects.runsBudget, z.object({ runId: z.string() }), BudgetReport, {
+        runId: run.runId,
+      });
+    expect(await budget()).toMatchObject({
+      committed: { usd: 0.02, steps: 1, inputTokens: 5, outputTokens: 7 },
+      reserved: { usd: 0, steps: 0 },
+    });
+    // Again (a retried step): counted once.
+    expect(await call({ settle })).toMatchObject({ ok: true });
+    expect((await budget()).committed.usd).toBe(0.02);
+    // A settle of another run cannot ride on this run's call.
+    const other = await start({ usd: 1, steps: 10 });
+    const err = await call({ settle: { ...settle, runId: other.runId } }).catch((e: unknown) => e);
+    expect(err, String(err)).toBeInstanceOf(ProtocolError);
+  });
+
   it('forwards allowed tool calls to an executor with a signed grant; denies by policy with the rule', async () => {
     const run = await start({ steps: 10 });
     const before = toolCalls;
