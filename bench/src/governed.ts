@@ -147,6 +147,8 @@ export interface ProcessDeployOptions {
   supervisors?: number;
   /** Caps per tenant, configured on every supervisor. */
   tenantBudgets?: Record<string, Budget>;
+  /** Partition membership lease of every supervisor (default 5 s; shorter rebalances sooner). */
+  partitionLeaseMs?: number;
 }
 
 /** Where the supervisor process `pid` answers with its ledger's counters (bench only). */
@@ -295,6 +297,8 @@ export class RunWaiter {
   readonly #sub: Subscription;
   readonly #ended = new Map<string, number>();
   readonly #waiting = new Map<string, (endedAt: number) => void>();
+  /** Ends every pending `ended` wait (on `stop`). */
+  readonly #cancels = new Set<() => void>();
   readonly #runIdToken: number;
   /** Runs heard ending with a status other than `completed`: `<runId>: <status>` (first 20). */
   readonly notCompleted: string[] = [];
@@ -336,12 +340,20 @@ export class RunWaiter {
       return Promise.resolve(at);
     }
     return new Promise((resolve, reject) => {
+      const cancel = () => {
+        clearTimeout(timer);
+        this.#waiting.delete(runId);
+        reject(new Error(`stopped waiting for run ${runId}`));
+      };
       const timer = setTimeout(() => {
         this.#waiting.delete(runId);
+        this.#cancels.delete(cancel);
         reject(new Error(`run ${runId} did not end within ${timeoutMs} ms`));
       }, timeoutMs);
+      this.#cancels.add(cancel);
       this.#waiting.set(runId, (t) => {
         clearTimeout(timer);
+        this.#cancels.delete(cancel);
         resolve(t);
       });
     });
@@ -352,8 +364,11 @@ export class RunWaiter {
     return runtime.nc.flush();
   }
 
+  /** Unsubscribes; waits still pending reject. */
   stop(): void {
     this.#sub.unsubscribe();
+    for (const cancel of [...this.#cancels]) cancel();
+    this.#cancels.clear();
   }
 }
 

@@ -33,6 +33,8 @@ export const RoleConfig = z.object({
   tool: z.enum(['noop', 'add']).default('noop'),
   /** Supervisor: caps per tenant (`SupervisorOptions.tenantBudgets`). */
   tenantBudgets: z.record(z.string(), Budget).optional(),
+  /** Supervisor: membership lease of the run partitions (`SupervisorOptions.partitionLeaseMs`). */
+  partitionLeaseMs: z.number().int().positive().optional(),
 });
 export type RoleConfig = z.infer<typeof RoleConfig>;
 
@@ -48,6 +50,7 @@ async function main(): Promise<void> {
       policy: benchPolicy([tool]),
       breakers: { maxSteps: 1_000_000, noProgress: { steps: 100_000 } },
       ...(cfg.tenantBudgets ? { tenantBudgets: cfg.tenantBudgets } : {}),
+      ...(cfg.partitionLeaseMs ? { partitionLeaseMs: cfg.partitionLeaseMs } : {}),
     });
     rt.nc.subscribe(ledgerStatsSubject(process.pid), {
       callback: (err, msg) => {

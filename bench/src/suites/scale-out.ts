@@ -1,7 +1,7 @@
 import { Kvm } from '@nats-io/kv';
 import { Buckets, RunRecord, RunStartRequest } from '@reins/protocol';
 import type { Runtime } from '@reins/runtime';
-import type { BudgetLedgerStats } from '@reins/supervisor';
+import { BudgetLedger, type BudgetLedgerStats } from '@reins/supervisor';
 import { startNatsServer } from '@reins/testing';
 import { RunWaiter, deployProcesses, ledgerStats } from '../governed.js';
 import { clockTicks, processCpuUs } from '../proc.js';
@@ -10,16 +10,47 @@ import type { Suite, SuiteContext } from '../types.js';
 interface Config {
   /** Supervisor counts, ascending: one deployment, scaled out from the first to the last. */
   counts: number[];
-  /** Runs started at once per round, all in one tenant. */
+  /** Runs in flight at all times (closed loop: a run that ends is replaced), all in one tenant. */
   runs: number;
   /** Planner steps (model turns) per run: `stepsPerRun − 1` tool calls and a final answer. */
   stepsPerRun: number;
-  /** Measured rounds per supervisor count, after one unmeasured warm-up round. */
+  /** Unmeasured warm-up at each count, then `rounds` measured windows of `windowMs`. */
+  warmupMs: number;
+  windowMs: number;
   rounds: number;
+  /** After the last count: how long the runs still in flight may take to end. */
+  drainMs: number;
+  /**
+   * The supervisors' partition membership lease: a pass every quarter of it, so a new
+   * supervisor gets its share within a few. Quick: shorter, to keep the smoke short.
+   */
+  partitionLeaseMs: number;
+  /** First measure the same load without a tenant (no shared scope), with the first count. */
+  baseline: boolean;
 }
 
-const QUICK: Config = { counts: [1, 2, 4], runs: 20, stepsPerRun: 2, rounds: 1 };
-const FULL: Config = { counts: [1, 2, 4], runs: 200, stepsPerRun: 10, rounds: 3 };
+const QUICK: Config = {
+  counts: [1, 2],
+  runs: 20,
+  stepsPerRun: 2,
+  warmupMs: 1_000,
+  windowMs: 1_500,
+  rounds: 1,
+  drainMs: 5_000,
+  partitionLeaseMs: 1_000,
+  baseline: false,
+};
+const FULL: Config = {
+  counts: [1, 2, 4],
+  runs: 200,
+  stepsPerRun: 10,
+  warmupMs: 5_000,
+  windowMs: 10_000,
+  rounds: 3,
+  drainMs: 60_000,
+  partitionLeaseMs: 5_000,
+  baseline: true,
+};
 
 const ROLE = 'bench_scale_out';
 const TENANT = 'bench_tenant';
@@ -31,14 +62,22 @@ const PARTITIONS = 32;
 /** The issue's target: ledger compare-and-set conflicts per governed step. */
 const MAX_CONFLICTS_PER_STEP = 0.01;
 
-/** One measured round at one supervisor count. */
+/** One measured window at one supervisor count. */
 interface Round {
+  /** Planner steps that ended in the window (`step.end` trace events). */
   steps: number;
   wallMs: number;
-  /** CPU (µs) of each process over the round: supervisors, planner, executor, nats-server. */
+  /** CPU (µs) of each process over the window: supervisors, planner, executor, nats-server. */
   cpuUs: Map<string, number>;
   casConflicts: number;
   casWrites: number;
+}
+
+/** What the deployment did at one supervisor count. */
+interface CountResult {
+  rounds: Round[];
+  /** Open reservations on the tenant scope at the end of the last window. */
+  openReservations: number;
 }
 
 /**
@@ -85,14 +124,35 @@ async function sumStats(client: Runtime, pids: readonly number[]): Promise<Budge
   );
 }
 
+/** Counts planner steps as they end (`step.end` trace events on core NATS). */
+function stepCounter(client: Runtime): { readonly steps: number; stop(): void } {
+  let steps = 0;
+  const sub = client.nc.subscribe(client.subjects.trace({ event: 'step.end' }), {
+    callback: (err) => {
+      if (!err) steps++;
+    },
+  });
+  return {
+    get steps() {
+      return steps;
+    },
+    stop: () => sub.unsubscribe(),
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
 /**
  * One deployment on a nats-server of its own, scaled out from the first supervisor count to
- * the last (supervisor processes added, never removed); at each count, once the partitions
- * are balanced, an unmeasured warm-up round and `cfg.rounds` measured ones.
+ * the last (supervisor processes added, never removed). `cfg.runs` runs are kept in flight the
+ * whole time (a run that ends is replaced at once); at each count, once the partitions are
+ * balanced, an unmeasured warm-up and `cfg.rounds` measured windows. A window counts the steps
+ * that ended in it, every process's CPU and the supervisors' ledger counters.
  */
-async function measure(ctx: SuiteContext, cfg: Config): Promise<Map<number, Round[]>> {
+/** Results by supervisor count; 0 is the baseline without a tenant (1 supervisor). */
+async function measure(ctx: SuiteContext, cfg: Config): Promise<Map<number, CountResult>> {
   const ticks = clockTicks();
-  const byCount = new Map<number, Round[]>();
+  const byCount = new Map<number, CountResult>();
   await using nats = await startNatsServer();
   const natsPid = nats.pid;
   if (natsPid === undefined) throw new Error('nats-server has no pid');
@@ -103,33 +163,46 @@ async function measure(ctx: SuiteContext, cfg: Config): Promise<Map<number, Roun
     concurrency: cfg.runs,
     supervisors: cfg.counts[0] ?? 1,
     tenantBudgets: { [TENANT]: TENANT_BUDGET },
+    partitionLeaseMs: cfg.partitionLeaseMs,
   });
   const { client } = deployment;
+  const ledger = await BudgetLedger.open(client.nc);
   ctx.log(`deployed in ${(performance.now() - deploying).toFixed(0)} ms`);
   const waiter = new RunWaiter(client);
+  const counter = stepCounter(client);
+  let loading = true;
+  /** The tenant of the runs started from now on (none for the baseline). */
+  let tenant: string | undefined = TENANT;
+  let inFlight = 0;
+  let started = 0;
+  const startErrors: string[] = [];
+  /** One client slot: starts a run, waits for its end, starts the next, until loading stops. */
+  const slot = async (): Promise<void> => {
+    while (loading) {
+      inFlight++;
+      try {
+        const r = await client.request(client.subjects.runsStart, RunStartRequest, RunRecord, {
+          goal: 'scale-out',
+          role: ROLE,
+          ...(tenant ? { tenant } : {}),
+          budget: { steps: cfg.stepsPerRun + 5 },
+        });
+        started++;
+        await waiter.ended(r.runId, 24 * 3600_000);
+      } catch (err) {
+        if (startErrors.length < 5) startErrors.push(String(err));
+        if (!loading) return;
+        await sleep(100);
+      } finally {
+        inFlight--;
+      }
+    }
+  };
+  let slots: Promise<void>[] = [];
   try {
     await waiter.flush(client);
-    const round = async (): Promise<void> => {
-      await Promise.all(
-        Array.from({ length: cfg.runs }, async () => {
-          const r = await client.request(client.subjects.runsStart, RunStartRequest, RunRecord, {
-            goal: 'scale-out',
-            role: ROLE,
-            tenant: TENANT,
-            budget: { steps: cfg.stepsPerRun + 5 },
-          });
-          await waiter.ended(r.runId, 300_000);
-        }),
-      );
-    };
-    for (const count of cfg.counts) {
-      const more = count - deployment.supervisorPids.length;
-      const scaling = performance.now();
-      if (more > 0) await deployment.addSupervisors(more);
-      await balanced(client, count);
-      ctx.log(
-        `${count} supervisor(s): started and balanced in ${(performance.now() - scaling).toFixed(0)} ms`,
-      );
+    /** Warm-up, then `cfg.rounds` measured windows with the supervisors there are now. */
+    const windows = async (label: string): Promise<Round[]> => {
       const processes: [string, number][] = [
         ...deployment.supervisorPids.map((pid, i): [string, number] => [
           `supervisor ${i + 1}`,
@@ -139,20 +212,21 @@ async function measure(ctx: SuiteContext, cfg: Config): Promise<Map<number, Roun
         ['executor', deployment.pids.executor],
         ['nats-server', natsPid],
       ];
-      const failedBefore = waiter.notCompletedCount;
       // Warm-up (JIT of new supervisors, the tenant's ledger doc in their caches), not counted.
-      await round();
+      await sleep(cfg.warmupMs);
       const rounds: Round[] = [];
       for (let i = 0; i < cfg.rounds; i++) {
         const statsBefore = await sumStats(client, deployment.supervisorPids);
         const cpuBefore = processes.map(([, pid]) => processCpuUs(pid, ticks));
-        const started = performance.now();
-        await round();
-        const wallMs = performance.now() - started;
+        const stepsBefore = counter.steps;
+        const t0 = performance.now();
+        await sleep(cfg.windowMs);
+        const steps = counter.steps - stepsBefore;
+        const wallMs = performance.now() - t0;
         const cpuAfter = processes.map(([, pid]) => processCpuUs(pid, ticks));
         const statsAfter = await sumStats(client, deployment.supervisorPids);
         const r: Round = {
-          steps: cfg.runs * cfg.stepsPerRun,
+          steps,
           wallMs,
           cpuUs: new Map(processes.map(([name], k) => [name, cpuAfter[k]! - cpuBefore[k]!])),
           casConflicts: statsAfter.casConflicts - statsBefore.casConflicts,
@@ -160,21 +234,65 @@ async function measure(ctx: SuiteContext, cfg: Config): Promise<Map<number, Roun
         };
         rounds.push(r);
         const cpu = [...r.cpuUs.values()].reduce((a, b) => a + b, 0);
+        const perStep = (x: number, digits: number) =>
+          steps > 0 ? (x / steps).toFixed(digits) : 'n/a';
         ctx.log(
-          `${count} supervisor(s), round ${i + 1}: ${cfg.runs} runs × ${cfg.stepsPerRun} steps: ` +
-            `${((r.steps * 1000) / wallMs).toFixed(0)} steps/s, ${(cpu / r.steps).toFixed(0)} µs CPU/step, ` +
-            `${r.casConflicts} CAS conflicts / ${r.casWrites} ledger writes (${(r.casConflicts / r.steps).toFixed(3)}/step)`,
+          `${label}, window ${i + 1} (${cfg.runs} runs in flight × ${cfg.stepsPerRun} steps): ` +
+            `${((steps * 1000) / wallMs).toFixed(0)} steps/s, ${perStep(cpu, 0)} µs CPU/step, ` +
+            `${r.casConflicts} CAS conflicts / ${r.casWrites} ledger writes (${perStep(r.casConflicts, 3)}/step)`,
         );
       }
-      byCount.set(count, rounds);
-      const failed = waiter.notCompletedCount - failedBefore;
-      ctx.check(
-        failed === 0,
-        `every scale-out run with ${count} supervisor(s) completed` +
-          (failed > 0 ? ` (${failed} did not: ${waiter.notCompleted.slice(0, 5).join(', ')})` : ''),
+      return rounds;
+    };
+    for (const count of cfg.counts) {
+      const more = count - deployment.supervisorPids.length;
+      const scaling = performance.now();
+      if (more > 0) await deployment.addSupervisors(more);
+      await balanced(client, count);
+      ctx.log(
+        `${count} supervisor(s): started and balanced in ${(performance.now() - scaling).toFixed(0)} ms`,
       );
+      if (slots.length === 0) {
+        slots = Array.from({ length: cfg.runs }, () => slot());
+        if (cfg.baseline) {
+          // The same load without a tenant: no shared scope, no ledger write.
+          tenant = undefined;
+          const rounds = await windows(`${count} supervisor(s), no tenant`);
+          byCount.set(0, { rounds, openReservations: 0 });
+          tenant = TENANT;
+        }
+      }
+      const rounds = await windows(`${count} supervisor(s)`);
+      const scope = await ledger.get(`tenant.${TENANT}`);
+      byCount.set(count, { rounds, openReservations: scope.reservations });
     }
+    // Drain: no new runs; the ones in flight may end (a figure, not a timing check).
+    loading = false;
+    let timer: NodeJS.Timeout | undefined;
+    const drained = await Promise.race([
+      Promise.all(slots).then(() => true),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), cfg.drainMs))),
+    ]);
+    clearTimeout(timer);
+    ctx.figure(
+      `scale-out runs still in flight ${cfg.drainMs / 1000} s after the load stopped (of ${started} started)`,
+      drained ? 0 : inFlight,
+      'runs',
+    );
+    ctx.check(
+      waiter.notCompletedCount === 0,
+      `every scale-out run that ended completed` +
+        (waiter.notCompletedCount > 0
+          ? ` (${waiter.notCompletedCount} did not: ${waiter.notCompleted.slice(0, 5).join(', ')})`
+          : ''),
+    );
+    ctx.check(
+      startErrors.length === 0,
+      `every scale-out run was admitted${startErrors.length ? ` (not: ${startErrors.join('; ')})` : ''}`,
+    );
   } finally {
+    loading = false;
+    counter.stop();
     waiter.stop();
     await deployment.close();
   }
@@ -189,14 +307,17 @@ function median(xs: readonly number[]): number {
 
 async function run(ctx: SuiteContext) {
   const cfg = ctx.quick ? QUICK : FULL;
-  const where = `${cfg.runs} runs in one tenant under a tenant budget, ${cfg.stepsPerRun} steps each`;
+  const where = `${cfg.runs} runs in flight, ${cfg.stepsPerRun} steps each, ${cfg.windowMs / 1000} s windows`;
   const stepsPerSecond = new Map<number, number>();
   const byCount = await measure(ctx, cfg);
-  for (const [count, rounds] of byCount) {
+  for (const [count, { rounds, openReservations }] of byCount) {
     const steps = rounds.reduce((a, r) => a + r.steps, 0);
     const rate = median(rounds.map((r) => (r.steps * 1000) / r.wallMs));
     stepsPerSecond.set(count, rate);
-    const sv = `${count} supervisor${count > 1 ? 's' : ''}`;
+    const sv =
+      count === 0
+        ? `${cfg.counts[0] ?? 1} supervisor, runs without a tenant (baseline)`
+        : `${count} supervisor${count > 1 ? 's' : ''}, one tenant under a budget`;
     ctx.figure(`governed steps/s, ${sv} (${where}; median of ${rounds.length})`, rate, 'steps/s');
     const byProcess = new Map<string, number>();
     for (const r of rounds)
@@ -215,6 +336,12 @@ async function run(ctx: SuiteContext) {
     const conflicts = rounds.reduce((a, r) => a + r.casConflicts, 0);
     const writes = rounds.reduce((a, r) => a + r.casWrites, 0);
     ctx.figure(`ledger writes per step, ${sv}`, writes / steps, 'writes');
+    if (count === 0) continue; // no tenant: no shared scope to reserve on
+    ctx.figure(
+      `open reservations on the tenant scope after the last window, ${sv} (${cfg.runs} runs in flight)`,
+      openReservations,
+      'reservations',
+    );
     ctx.figure(`ledger CAS conflicts per step, ${sv}`, conflicts / steps, 'conflicts', {
       better: 'lower',
       value: MAX_CONFLICTS_PER_STEP,
