@@ -82,9 +82,15 @@ interface CountResult {
 
 /**
  * Waits until every partition has a lease and each of the `count` supervisors holds at least
- * its rounded-down share, so a round measures a balanced deployment. Polls KV (bench only).
+ * its rounded-down share, so a window measures a balanced deployment. Polls KV (bench only).
+ * Answers the partitions held per supervisor when they are still not balanced at the timeout
+ * (an overloaded deployment may not get there; the windows are measured anyway).
  */
-async function balanced(client: Runtime, count: number, timeoutMs = 60_000): Promise<void> {
+async function balanced(
+  client: Runtime,
+  count: number,
+  timeoutMs = 60_000,
+): Promise<number[] | undefined> {
   const kv = await new Kvm(client.nc).open(Buckets.partitions);
   const floor = Math.floor(PARTITIONS / count);
   const deadline = Date.now() + timeoutMs;
@@ -105,12 +111,10 @@ async function balanced(client: Runtime, count: number, timeoutMs = 60_000): Pro
       owners.size === count &&
       [...owners.values()].every((c) => c >= floor)
     )
-      return;
+      return undefined;
     await new Promise((r) => setTimeout(r, 250));
   }
-  throw new Error(
-    `partitions not balanced over ${count} supervisors within ${timeoutMs} ms: ${JSON.stringify([...owners])}`,
-  );
+  return [...owners.values()].sort((a, b) => b - a);
 }
 
 async function sumStats(client: Runtime, pids: readonly number[]): Promise<BudgetLedgerStats> {
@@ -257,9 +261,12 @@ async function measure(ctx: SuiteContext, cfg: Config): Promise<Map<number, Coun
       const more = count - deployment.supervisorPids.length;
       const scaling = performance.now();
       if (more > 0) await deployment.addSupervisors(more);
-      await balanced(client, count);
+      const unbalanced = await balanced(client, count);
+      const took = (performance.now() - scaling).toFixed(0);
       ctx.log(
-        `${count} supervisor(s): started and balanced in ${(performance.now() - scaling).toFixed(0)} ms`,
+        unbalanced
+          ? `${count} supervisor(s): started; partitions still NOT balanced after ${took} ms (held: ${unbalanced.join(', ')}); measuring anyway`
+          : `${count} supervisor(s): started and balanced in ${took} ms`,
       );
       if (slots.length === 0) {
         // The baseline first: the same load without a tenant (no shared scope to write).
