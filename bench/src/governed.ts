@@ -372,11 +372,14 @@ export class RunWaiter {
   }
 }
 
-/** The status a `run.end` trace event reports (`data.status`), or `unreadable`. */
+/** The status a `run.end` trace event reports (`data.status`, with `data.stopReason`), or `unreadable`. */
 function endStatus(bytes: Uint8Array): string {
   try {
-    const status = decode(TraceEvent, bytes).data['status'];
-    return typeof status === 'string' ? status : 'unreadable';
+    const { data } = decode(TraceEvent, bytes);
+    const status = data['status'];
+    const reason = data['stopReason'];
+    if (typeof status !== 'string') return 'unreadable';
+    return status !== 'completed' && typeof reason === 'string' ? `${status} (${reason})` : status;
   } catch {
     return 'unreadable';
   }
