@@ -1,7 +1,14 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { Subscription } from '@nats-io/transport-node';
-import { createGrantSigner, type GrantSigner, type RunRecord } from '@reins/protocol';
+import {
+  TraceEvent,
+  createGrantSigner,
+  decode,
+  type Budget,
+  type GrantSigner,
+  type RunRecord,
+} from '@reins/protocol';
 import {
   createScriptedModel,
   defineTool,
@@ -14,7 +21,7 @@ import {
 import { startExecutor } from '@reins/executor';
 import { startPlanner } from '@reins/planner';
 import { Runtime, createLogger } from '@reins/runtime';
-import { startSupervisor, type Supervisor } from '@reins/supervisor';
+import { startSupervisor, type BudgetLedgerStats, type Supervisor } from '@reins/supervisor';
 import { z } from 'zod';
 
 /**
@@ -121,24 +128,54 @@ export function benchPolicy(tools: readonly AnyTool[]) {
 export interface ProcessDeployment {
   /** A runtime in this process for the benchmark's own requests. */
   readonly client: Runtime;
-  /** Process id of each role's process. */
+  /** Process id of each role's process (`supervisor`: the first one). */
   readonly pids: Readonly<Record<'supervisor' | 'executor' | 'planner', number>>;
+  /** Process id of every supervisor, the first one first (grows with `addSupervisors`). */
+  readonly supervisorPids: readonly number[];
+  /** Starts `count` more supervisor processes (scale-out); resolves once they are ready. */
+  addSupervisors(count: number): Promise<void>;
   close(): Promise<void>;
 }
 
+/** Options of `deployProcesses`. */
+export interface ProcessDeployOptions {
+  taskRole: string;
+  steps: number;
+  concurrency: number;
+  tool?: 'noop' | 'add';
+  /** Supervisor processes (default 1). */
+  supervisors?: number;
+  /** Caps per tenant, configured on every supervisor. */
+  tenantBudgets?: Record<string, Budget>;
+  /** Partition membership lease of every supervisor (default 5 s; shorter rebalances sooner). */
+  partitionLeaseMs?: number;
+}
+
+/** Where the supervisor process `pid` answers with its ledger's counters (bench only). */
+export function ledgerStatsSubject(pid: number): string {
+  return `_bench.ledger_stats.${pid}`;
+}
+
+/** The budget ledger counters of the supervisor process `pid` (see `role-process.ts`). */
+export async function ledgerStats(client: Runtime, pid: number): Promise<BudgetLedgerStats> {
+  const msg = await client.nc.request(ledgerStatsSubject(pid), undefined, { timeout: 10_000 });
+  return JSON.parse(msg.string()) as BudgetLedgerStats;
+}
+
 /**
- * Starts a supervisor, an executor and a planner pool (the loop model with `steps` steps per
- * run, serving `taskRole`), each in its own Node process, as they run in production, and a
- * client runtime here. Resolves once every process reported ready.
+ * Starts supervisors (one by default), an executor and a planner pool (the loop model with
+ * `steps` steps per run, serving `taskRole`), each in its own Node process, as they run in
+ * production, and a client runtime here. Resolves once every process reported ready.
  */
 export async function deployProcesses(
   url: string,
-  options: { taskRole: string; steps: number; concurrency: number; tool?: 'noop' | 'add' },
+  options: ProcessDeployOptions,
 ): Promise<ProcessDeployment> {
   const { seed } = createGrantSigner();
   const script = fileURLToPath(new URL('./role-process.js', import.meta.url));
   const children: ChildProcess[] = [];
   const pids = { supervisor: 0, executor: 0, planner: 0 };
+  const supervisorPids: number[] = [];
   const stopAll = async () => {
     await Promise.all(
       children.map(
@@ -156,16 +193,17 @@ export async function deployProcesses(
     );
   };
   try {
-    // The supervisor first: it creates the streams and buckets the others use.
-    for (const role of ['supervisor', 'executor', 'planner'] as const) {
+    const { supervisors = 1, ...rest } = options;
+    const start = (role: 'supervisor' | 'executor' | 'planner') => {
       const child = spawn(
         process.execPath,
-        [script, JSON.stringify({ role, url, seed, ...options })],
+        [script, JSON.stringify({ role, url, seed, ...rest })],
         { stdio: ['ignore', 'pipe', 'pipe'] },
       );
       children.push(child);
-      pids[role] = child.pid ?? 0;
-      await new Promise<void>((resolve, reject) => {
+      if (role === 'supervisor') supervisorPids.push(child.pid ?? 0);
+      else pids[role] = child.pid ?? 0;
+      return new Promise<void>((resolve, reject) => {
         let err = '';
         child.stderr?.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-4000)));
         child.stdout?.on('data', (d: Buffer) => {
@@ -173,11 +211,21 @@ export async function deployProcesses(
         });
         child.once('exit', (code) => reject(new Error(`bench ${role} exited (${code}): ${err}`)));
       });
-    }
+    };
+    // The first supervisor first: it creates the streams and buckets the others use.
+    await start('supervisor');
+    await Promise.all(Array.from({ length: supervisors - 1 }, () => start('supervisor')));
+    pids.supervisor = supervisorPids[0] ?? 0;
+    await start('executor');
+    await start('planner');
     const client = await connectRuntime(url, 'bench-client');
     return {
       client,
       pids,
+      supervisorPids,
+      addSupervisors: async (count) => {
+        await Promise.all(Array.from({ length: count }, () => start('supervisor')));
+      },
       close: async () => {
         await client.close().catch(() => undefined);
         await stopAll();
@@ -249,7 +297,12 @@ export class RunWaiter {
   readonly #sub: Subscription;
   readonly #ended = new Map<string, number>();
   readonly #waiting = new Map<string, (endedAt: number) => void>();
+  /** Ends every pending `ended` wait (on `stop`). */
+  readonly #cancels = new Set<() => void>();
   readonly #runIdToken: number;
+  /** Runs heard ending with a status other than `completed`: `<runId>: <status>` (first 20). */
+  readonly notCompleted: string[] = [];
+  #notCompletedCount = 0;
 
   constructor(runtime: Runtime) {
     const pattern = runtime.subjects.trace({ role: 'supervisor', event: 'run.end' });
@@ -260,6 +313,11 @@ export class RunWaiter {
         const now = performance.now();
         const runId = msg.subject.split('.')[this.#runIdToken];
         if (runId === undefined) return;
+        const status = endStatus(msg.data);
+        if (status !== 'completed') {
+          this.#notCompletedCount++;
+          if (this.notCompleted.length < 20) this.notCompleted.push(`${runId}: ${status}`);
+        }
         const resolve = this.#waiting.get(runId);
         if (resolve) {
           this.#waiting.delete(runId);
@@ -267,6 +325,11 @@ export class RunWaiter {
         } else this.#ended.set(runId, now);
       },
     });
+  }
+
+  /** How many runs were heard ending with a status other than `completed`. */
+  get notCompletedCount(): number {
+    return this.#notCompletedCount;
   }
 
   /** Resolves with `performance.now()` at the moment the run's end was heard. */
@@ -277,12 +340,20 @@ export class RunWaiter {
       return Promise.resolve(at);
     }
     return new Promise((resolve, reject) => {
+      const cancel = () => {
+        clearTimeout(timer);
+        this.#waiting.delete(runId);
+        reject(new Error(`stopped waiting for run ${runId}`));
+      };
       const timer = setTimeout(() => {
         this.#waiting.delete(runId);
+        this.#cancels.delete(cancel);
         reject(new Error(`run ${runId} did not end within ${timeoutMs} ms`));
       }, timeoutMs);
+      this.#cancels.add(cancel);
       this.#waiting.set(runId, (t) => {
         clearTimeout(timer);
+        this.#cancels.delete(cancel);
         resolve(t);
       });
     });
@@ -293,7 +364,23 @@ export class RunWaiter {
     return runtime.nc.flush();
   }
 
+  /** Unsubscribes; waits still pending reject. */
   stop(): void {
     this.#sub.unsubscribe();
+    for (const cancel of [...this.#cancels]) cancel();
+    this.#cancels.clear();
+  }
+}
+
+/** The status a `run.end` trace event reports (`data.status`, with `data.stopReason`), or `unreadable`. */
+function endStatus(bytes: Uint8Array): string {
+  try {
+    const { data } = decode(TraceEvent, bytes);
+    const status = data['status'];
+    const reason = data['stopReason'];
+    if (typeof status !== 'string') return 'unreadable';
+    return status !== 'completed' && typeof reason === 'string' ? `${status} (${reason})` : status;
+  } catch {
+    return 'unreadable';
   }
 }

@@ -9,6 +9,7 @@ function formatValue(value: number, unit: string): string {
   if (unit === 'ops/s' || unit === 'steps/s')
     return `${Math.round(value).toLocaleString('en-US')} ${unit}`;
   if (unit === '×') return `${value.toFixed(3)}×`;
+  if (unit === 'conflicts') return `${value.toFixed(3)} ${unit}`;
   if (unit === 'µs' && value >= 10_000) return `${(value / 1000).toFixed(1)} ms`;
   return `${value.toFixed(1)} ${unit}`;
 }

@@ -1,15 +1,23 @@
-import { grantSignerFromSeed } from '@reins/protocol';
+import { Budget, grantSignerFromSeed } from '@reins/protocol';
 import { toolSpec } from '@reins/models';
 import { startExecutor } from '@reins/executor';
 import { startPlanner } from '@reins/planner';
 import { startSupervisor } from '@reins/supervisor';
 import { z } from 'zod';
-import { addTool, benchPolicy, connectRuntime, loopModel, noopTool } from './governed.js';
+import {
+  addTool,
+  benchPolicy,
+  connectRuntime,
+  ledgerStatsSubject,
+  loopModel,
+  noopTool,
+} from './governed.js';
 
 /**
  * One role of a governed deployment in its own process, as production runs them:
  * `node bench/dist/role-process.js '<json>'` (see `RoleConfig`). Prints `ready` on stdout once
- * its actor is started; exits on SIGTERM after closing its connection.
+ * its actor is started; exits on SIGTERM after closing its connection. A supervisor answers
+ * `ledgerStatsSubject(pid)` with its budget ledger's counters (`BudgetLedger.stats`, JSON).
  */
 export const RoleConfig = z.object({
   role: z.enum(['supervisor', 'executor', 'planner']),
@@ -23,6 +31,10 @@ export const RoleConfig = z.object({
   concurrency: z.number().int().positive(),
   /** The tool the executor serves and the loop model calls (default the no-op tool). */
   tool: z.enum(['noop', 'add']).default('noop'),
+  /** Supervisor: caps per tenant (`SupervisorOptions.tenantBudgets`). */
+  tenantBudgets: z.record(z.string(), Budget).optional(),
+  /** Supervisor: membership lease of the run partitions (`SupervisorOptions.partitionLeaseMs`). */
+  partitionLeaseMs: z.number().int().positive().optional(),
 });
 export type RoleConfig = z.infer<typeof RoleConfig>;
 
@@ -37,6 +49,13 @@ async function main(): Promise<void> {
       signer,
       policy: benchPolicy([tool]),
       breakers: { maxSteps: 1_000_000, noProgress: { steps: 100_000 } },
+      ...(cfg.tenantBudgets ? { tenantBudgets: cfg.tenantBudgets } : {}),
+      ...(cfg.partitionLeaseMs ? { partitionLeaseMs: cfg.partitionLeaseMs } : {}),
+    });
+    rt.nc.subscribe(ledgerStatsSubject(process.pid), {
+      callback: (err, msg) => {
+        if (!err) msg.respond(JSON.stringify(sv.ledger.stats));
+      },
     });
     stop = () => sv.stop();
   } else if (cfg.role === 'executor') {

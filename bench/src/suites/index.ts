@@ -8,6 +8,7 @@ import { peers } from './peers.js';
 import { haltLatency } from './halt-latency.js';
 import { requestReply } from './request-reply.js';
 import { runResult } from './run-result.js';
+import { scaleOut } from './scale-out.js';
 import { stepCost } from './step-cost.js';
 import { stepsPerRun } from './steps-per-run.js';
 import { throughput } from './throughput.js';
@@ -26,4 +27,5 @@ export const suites: readonly Suite[] = [
   idleAgents,
   peers,
   stepCost,
+  scaleOut,
 ];

@@ -1,8 +1,7 @@
-import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { connect } from '@reins/client';
 import { startNatsServer } from '@reins/testing';
 import { deployProcesses } from '../governed.js';
+import { clockTicks, processCpuUs } from '../proc.js';
 import type { Result, Suite, SuiteContext } from '../types.js';
 
 interface Config {
@@ -19,29 +18,6 @@ const ROLE = 'bench_step_cost';
 const MAX_MESSAGES = 12;
 const MAX_WRITES = 4;
 const MAX_CPU_US = 2000;
-
-/** Clock ticks per second of /proc/<pid>/stat's utime and stime. */
-function clockTicks(): number {
-  try {
-    const ticks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
-    return Number.isFinite(ticks) && ticks > 0 ? ticks : 100;
-  } catch {
-    return 100;
-  }
-}
-
-/** User + system CPU of a process so far (µs), from /proc/<pid>/stat; NaN when unreadable. */
-function processCpuUs(pid: number, ticksPerSecond: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the command name (which may hold spaces): state is [0], utime [11], stime [12].
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const ticks = Number(fields[11]) + Number(fields[12]);
-    return (ticks * 1e6) / ticksPerSecond;
-  } catch {
-    return Number.NaN;
-  }
-}
 
 /** What the server counts: client messages and every stream's last sequence. */
 interface ServerSample {

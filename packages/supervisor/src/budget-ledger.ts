@@ -312,6 +312,21 @@ interface Snapshot {
 type Mutation<T> = { result: T; write?: ScopeDoc };
 
 /**
+ * What one ledger instance counted since it was opened (read `BudgetLedger.stats`). For
+ * benchmarks and metrics: how much the shared scopes are contended.
+ */
+export interface BudgetLedgerStats {
+  /** Scope writes (compare-and-set) that landed: reservations, settles, carves, caps, reaps. */
+  readonly casWrites: number;
+  /**
+   * Compare-and-set writes that lost to another writer (another ledger, or a concurrent call
+   * of this one) and were retried on a fresh read — or, in the reaper, left to its next pass.
+   * Scope writes and grant-record settles both count.
+   */
+  readonly casConflicts: number;
+}
+
+/**
  * Budget ledger over JetStream KV with compare-and-set: reserve before spend, settle after,
  * reap what crashed holders left behind. Any number of ledgers (processes, connections) may
  * share the buckets. Every KV failure surfaces as a retryable `UnavailableError` — callers deny
@@ -336,6 +351,7 @@ export class BudgetLedger {
   readonly #casDeadlineMs: number;
   readonly #ring: number;
   readonly #now: () => number;
+  readonly #stats = { casWrites: 0, casConflicts: 0 };
 
   private constructor(
     kv: KV,
@@ -376,6 +392,11 @@ export class BudgetLedger {
     } catch (err) {
       throw unavailable('cannot open the ledger buckets', err);
     }
+  }
+
+  /** Counters since this ledger was opened (a copy; see `BudgetLedgerStats`). */
+  get stats(): BudgetLedgerStats {
+    return { ...this.#stats };
   }
 
   /** Sets (replaces) the cap of a scope. Lowering a cap below what is used denies new reservations. */
@@ -525,6 +546,7 @@ export class BudgetLedger {
         break;
       } catch (err) {
         if (!isCasConflict(err)) throw unavailable('cannot mark the grant settled', err);
+        this.#stats.casConflicts++;
         const again = await this.#getGrant(grantId);
         if (!again || again.record.state === 'settled') {
           return { settled: true, duplicate: true, reaped };
@@ -903,6 +925,7 @@ export class BudgetLedger {
       for (const [, r] of expired) next.committed = add(next.committed, r.amount);
       try {
         const rev = await this.#kv.update(scope, encoder.encode(JSON.stringify(next)), snap.rev);
+        this.#stats.casWrites++;
         this.#remember(scope, next, rev);
         return expired.map(([grantId, r]) => ({
           scope,
@@ -913,6 +936,7 @@ export class BudgetLedger {
       } catch (err) {
         this.#cache.delete(scope);
         if (!isCasConflict(err)) throw unavailable(`cannot write ${scope}`, err);
+        this.#stats.casConflicts++;
       }
       if (attempt + 1 >= REAP_ATTEMPTS || signal?.aborted) return [];
       await sleep(backoffDelay(attempt));
@@ -947,11 +971,13 @@ export class BudgetLedger {
           snap.rev === 0
             ? await this.#kv.create(scope, bytes)
             : await this.#kv.update(scope, bytes, snap.rev);
+        this.#stats.casWrites++;
         this.#remember(scope, out.write, rev);
         return out.result;
       } catch (err) {
         this.#cache.delete(scope);
         if (!isCasConflict(err)) throw unavailable(`cannot write ${scope}`, err);
+        this.#stats.casConflicts++;
       }
       if (attempt + 1 >= this.#maxAttempts || Date.now() - started > this.#casDeadlineMs) {
         throw new ConflictError(`budget ledger: too much contention on ${scope}; retry`, {

@@ -2,6 +2,7 @@ export { BudgetLedger, assertBudgetScope, budgetScopes } from './budget-ledger.j
 export type {
   BudgetDimension,
   BudgetLedgerOptions,
+  BudgetLedgerStats,
   LedgerAmount,
   ReapedReservation,
   Reaper,

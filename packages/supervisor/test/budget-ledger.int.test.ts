@@ -258,6 +258,29 @@ describe('BudgetLedger', () => {
     expect(micros(report.reserved.usd)).toBe(micros(0.5));
   });
 
+  it('counts the compare-and-set writes that lost to another writer (stats)', async () => {
+    const scope = `tenant.${uid('stats')}`;
+    const a = ledger(0);
+    const b = ledger(1);
+    const a0 = a.stats;
+    const b0 = b.stats;
+    await a.setCap(scope, { usd: 1 }); // A now holds the scope's doc at this revision
+    await b.setCap(scope, { usd: 2 }); // B writes after it: A's copy is stale
+    // A writes on its stale copy, loses the compare-and-set once, re-reads and lands.
+    expect(
+      await a.reserve({
+        grantId: uid('g'),
+        scopes: [scope],
+        amount: { usd: 0.5 },
+        leaseMs: 60_000,
+      }),
+    ).toMatchObject({ ok: true });
+    expect(a.stats.casConflicts - a0.casConflicts).toBe(1);
+    expect(a.stats.casWrites - a0.casWrites).toBe(2);
+    expect(b.stats.casConflicts - b0.casConflicts).toBe(0);
+    expect(b.stats.casWrites - b0.casWrites).toBe(1);
+  });
+
   it('treats a retried reserve as a no-op and a reused grant id as a conflict', async () => {
     const scope = `run.${uid('retry')}`;
     await ledger(0).setCap(scope, { usd: 1 });
