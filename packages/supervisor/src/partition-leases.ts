@@ -154,6 +154,15 @@ export class PartitionLeases {
       const n = (start + i) % this.#o.partitions;
       if (!this.#held.has(n) && this.#free(n, now)) await this.#take(n);
     }
+    // Leases that still name this supervisor but that it does not serve (dropped when its
+    // membership could not be renewed, or left by an earlier process with its id, beyond its
+    // share): others see a live owner and would never take them — free them.
+    for (const [n, l] of [...this.#leases]) {
+      if (l.owner !== this.#o.agentId || this.#held.has(n)) continue;
+      await this.#kv
+        .update(leaseKey(n), enc.encode(JSON.stringify({ owner: '' })), l.revision)
+        .catch(() => undefined);
+    }
     // Another member short of the rounded-down share: give back what is above it.
     const short = members.some((m) => m !== this.#o.agentId && (count.get(m) ?? 0) < floor);
     if (!short) return;
