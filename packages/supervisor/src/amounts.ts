@@ -109,3 +109,48 @@ export function capOf(cap: Budget, d: BudgetDimension): number | undefined {
 }
 
 export const userUnits = (d: BudgetDimension, v: number) => (d === 'usd' ? v / MICROS : v);
+
+/** Why an amount does not fit a cap: the first dimension that overflows, in user units. */
+export interface CapOverflow {
+  ok: false;
+  scope: string;
+  dimension: BudgetDimension;
+  cap: number;
+  /** committed + reserved + amount on that dimension, had it been admitted. */
+  wouldBe: number;
+  /** The amount asked for on that dimension. */
+  requested: number;
+  /** Spent (settled or charged) on that dimension. */
+  committed: number;
+  /** Held by other open reservations on that dimension. */
+  reserved: number;
+}
+
+/** Whether `amount` fits in `cap` beside what the scope spent and holds. */
+export function fitsCap(
+  scope: string,
+  cap: Budget,
+  committed: Amount,
+  reserved: Amount,
+  amount: Amount,
+): { ok: true } | CapOverflow {
+  for (const d of DIMENSIONS) {
+    const limit = capOf(cap, d);
+    const want = dim(amount, d);
+    if (limit === undefined || want === 0) continue;
+    const wouldBe = dim(committed, d) + dim(reserved, d) + want;
+    if (wouldBe > limit) {
+      return {
+        ok: false,
+        scope,
+        dimension: d,
+        cap: userUnits(d, limit),
+        wouldBe: userUnits(d, wouldBe),
+        requested: userUnits(d, want),
+        committed: userUnits(d, dim(committed, d)),
+        reserved: userUnits(d, dim(reserved, d)),
+      };
+    }
+  }
+  return { ok: true };
+}

@@ -12,15 +12,14 @@ import {
   DIMENSIONS,
   add,
   capOf,
-  dim,
   fromBudget,
   fromUsage,
   subClip,
   toUser,
-  userUnits,
   zero,
   type BudgetDimension,
   type LedgerAmount,
+  fitsCap,
 } from './amounts.js';
 
 export type { BudgetDimension, LedgerAmount } from './amounts.js';
@@ -270,26 +269,7 @@ function fits(scope: string, doc: ScopeDoc, amount: Amount): Fit {
       reserved: 0,
     };
   }
-  const reserved = reservedOf(doc);
-  for (const d of DIMENSIONS) {
-    const cap = capOf(doc.cap, d);
-    const want = dim(amount, d);
-    if (cap === undefined || want === 0) continue;
-    const wouldBe = dim(doc.committed, d) + dim(reserved, d) + want;
-    if (wouldBe > cap) {
-      return {
-        ok: false,
-        scope,
-        dimension: d,
-        cap: userUnits(d, cap),
-        wouldBe: userUnits(d, wouldBe),
-        requested: userUnits(d, want),
-        committed: userUnits(d, dim(doc.committed, d)),
-        reserved: userUnits(d, dim(reserved, d)),
-      };
-    }
-  }
-  return { ok: true };
+  return fitsCap(scope, doc.cap, doc.committed, reservedOf(doc), amount);
 }
 
 function unavailable(what: string, cause: unknown): ReinsError {

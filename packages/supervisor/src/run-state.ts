@@ -4,14 +4,12 @@ import {
   Amount,
   DIMENSIONS,
   add,
-  capOf,
-  dim,
   fromUsage,
   subClip,
   toUser,
-  userUnits,
   zero,
   type LedgerAmount,
+  fitsCap,
 } from './amounts.js';
 import type { Fit, SettleResult } from './budget-ledger.js';
 import {
@@ -83,26 +81,7 @@ export function reservedOf(s: RunState): Amount {
 
 /** Whether `amount` fits in the run's cap beside what it spent and holds. */
 export function fitsRun(s: RunState, amount: Amount): Fit {
-  const scope = `run.${s.runId}`;
-  const reserved = reservedOf(s);
-  for (const d of DIMENSIONS) {
-    const cap = capOf(s.cap, d);
-    const want = dim(amount, d);
-    if (cap === undefined || want === 0) continue;
-    const wouldBe = dim(s.committed, d) + dim(reserved, d) + want;
-    if (wouldBe > cap)
-      return {
-        ok: false,
-        scope,
-        dimension: d,
-        cap: userUnits(d, cap),
-        wouldBe: userUnits(d, wouldBe),
-        requested: userUnits(d, want),
-        committed: userUnits(d, dim(s.committed, d)),
-        reserved: userUnits(d, dim(reserved, d)),
-      };
-  }
-  return { ok: true };
+  return fitsCap(`run.${s.runId}`, s.cap, s.committed, reservedOf(s), amount);
 }
 
 const remember = (list: string[], id: string) => [...list, id].slice(-RECENT_GRANTS);
@@ -224,40 +203,29 @@ export function releaseCarve(
 
 export const carveKey = (childRunId: string) => `carve:${childRunId}`;
 
-/** Spend of a settle, for the velocity and wall-time breakers. */
-export function observeSpend(
+/** Keeps a breaker's new state on the run; returns its trip, if any. */
+function track(
   s: RunState,
-  usd: number,
-  now: number,
-  config: BreakerConfig,
+  r: { state: BreakerState; trip?: BreakerTrip },
 ): BreakerTrip | undefined {
-  const r = recordSpend(s.breaker, { usd, now }, config);
   s.breaker = r.state;
   return r.trip;
 }
+
+/** Spend of a settle, for the velocity and wall-time breakers. */
+export const observeSpend = (s: RunState, usd: number, now: number, config: BreakerConfig) =>
+  track(s, recordSpend(s.breaker, { usd, now }, config));
 
 /** A tool result's observation, for the no-progress breaker. */
-export function observe(
-  s: RunState,
-  hash: string,
-  now: number,
-  config: BreakerConfig,
-): BreakerTrip | undefined {
-  const r = recordObservation(s.breaker, { hash, now }, config);
-  s.breaker = r.state;
-  return r.trip;
-}
+export const observe = (s: RunState, hash: string, now: number, config: BreakerConfig) =>
+  track(s, recordObservation(s.breaker, { hash, now }, config));
 
 /** A tool call about to be granted, for the repeat, step-cap and wall-time breakers. */
-export function act(
+export const act = (
   s: RunState,
   action: { tool: string; argsHash: string; now: number; idempotencyKey?: string },
   config: BreakerConfig,
-): BreakerTrip | undefined {
-  const r = recordAction(s.breaker, action, config);
-  s.breaker = r.state;
-  return r.trip;
-}
+) => track(s, recordAction(s.breaker, action, config));
 
 /** A settle or an observation applied in memory and not yet on record. */
 export const Carried = z.object({
