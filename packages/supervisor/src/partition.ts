@@ -237,12 +237,16 @@ export class Partition {
     this.#checkpointedSeq = seq;
   }
 
-  /** Carries on record and a last checkpoint, then stops (the lease is being given back). */
+  /** Carries on record, a last checkpoint and an anchor, then stops (the lease is being given back). */
   async release(): Promise<void> {
     if (!this.#lost) {
       for (const runId of [...this.#carried.keys()])
         await this.record({ action: 'settle', runId }).catch(() => undefined);
       await this.checkpoint().catch(() => undefined);
+      // Anchor the chain's head, so a chain cut short after this is found (as at a stop).
+      await this.#writer.close().catch((err: unknown) => {
+        this.#d.logger.warn({ err, partition: this.n }, 'cannot anchor the partition chain head');
+      });
     }
     this.#lost = true;
   }
