@@ -319,6 +319,8 @@ export class BudgetLedger {
   /** Stream and subject prefix of the scope bucket, for listing its keys. */
   readonly #stream: string;
   readonly #subjectPrefix: string;
+  /** The tail of each scope's queue of read-modify-writes (see `#mutate`). */
+  readonly #queues = new Map<string, Promise<void>>();
   readonly #cache = new Map<string, { doc: ScopeDoc; rev: number }>();
   /**
    * Grants this ledger reserved, as written: the settle that usually follows (on this
@@ -931,10 +933,30 @@ export class BudgetLedger {
    * saves the read in the common one-writer-per-key case; an answer that needs no write is only
    * trusted from a fresh read.
    */
-  async #mutate<T>(
+  /**
+   * One read-modify-write of a scope at a time per key in this process: concurrent ones queue
+   * up behind it, and each starts from the document the previous one wrote (cached), so this
+   * process's own callers never lose a compare-and-set to each other — only other processes'
+   * writes cause conflicts (then: re-read, retry with backoff).
+   */
+  #mutate<T>(scope: string, fn: (doc: ScopeDoc | null) => Mutation<T>, fresh = false): Promise<T> {
+    const previous = this.#queues.get(scope) ?? Promise.resolve();
+    const run = previous.then(() => this.#mutateNow(scope, fn, fresh));
+    const tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.#queues.set(scope, tail);
+    void tail.then(() => {
+      if (this.#queues.get(scope) === tail) this.#queues.delete(scope);
+    });
+    return run;
+  }
+
+  async #mutateNow<T>(
     scope: string,
     fn: (doc: ScopeDoc | null) => Mutation<T>,
-    fresh = false,
+    fresh: boolean,
   ): Promise<T> {
     const started = Date.now();
     for (let attempt = 0; ; attempt++) {

@@ -281,6 +281,21 @@ describe('BudgetLedger', () => {
     expect(b.stats.casWrites - b0.casWrites).toBe(1);
   });
 
+  it("queues one process's writes to a scope: 60 concurrent reservations, no compare-and-set lost, exactly the cap admitted", async () => {
+    const scope = `tenant.${uid('queue')}`;
+    const a = ledger(0);
+    await a.setCap(scope, { steps: 40 });
+    const before = a.stats;
+    const results = await Promise.all(
+      Array.from({ length: 60 }, () =>
+        a.reserve({ grantId: uid('g'), scopes: [scope], amount: { steps: 1 }, leaseMs: 60_000 }),
+      ),
+    );
+    expect(results.filter((r) => r.ok).length).toBe(40);
+    expect(a.stats.casConflicts - before.casConflicts).toBe(0);
+    expect((await a.get(scope)).reserved.steps).toBe(40);
+  });
+
   it('treats a retried reserve as a no-op and a reused grant id as a conflict', async () => {
     const scope = `run.${uid('retry')}`;
     await ledger(0).setCap(scope, { usd: 1 });
