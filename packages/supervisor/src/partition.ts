@@ -16,7 +16,7 @@ import {
   type AuditLogger,
 } from './audit-log.js';
 import type { BreakerConfig } from './breakers.js';
-import type { RunStore } from './run-store.js';
+import { isTerminal, type RunStore } from './run-store.js';
 import { RunState, applyRecord, newRunState, type Carried } from './run-state.js';
 
 /** What a partition needs of its supervisor. */
@@ -222,6 +222,9 @@ export class Partition {
     for (const [runId, s] of [...this.#live]) {
       if (s.endedAt === undefined || now - s.endedAt < ENDED_RETAIN_MS) continue;
       if (Object.keys(s.reservations).length > 0) continue;
+      // Sealed but its end not on record (the terminal write failed): keep it sealed.
+      const rec = await this.#d.runs.get(runId).catch(() => undefined);
+      if (!rec || !isTerminal(rec.status)) continue;
       this.#live.delete(runId);
       this.#durable.delete(runId);
     }

@@ -120,6 +120,10 @@ export function runDecisions(d: RunDecisionDeps) {
    */
   const lifecycleOf = (part: Partition): RunLifecycleContext => ({
     runs,
+    seal: async (runId) => {
+      const st = await part.state(runId);
+      if (st) st.endedAt ??= Date.now();
+    },
     used: async (runId) => {
       const st = await part.state(runId);
       return st ? usageOf(usedOf(st)) : undefined;

@@ -20,6 +20,8 @@ export type RunOutcome =
  */
 export interface RunLifecycleContext {
   readonly runs: RunStore;
+  /** Grants nothing more to the run from now on (its budget state is final but for settles). */
+  seal(runId: string): Promise<void>;
   /** What the run used: spent, plus what it still holds (charged in full: fail closed). */
   used(runId: string): Promise<Usage | undefined>;
   /**
@@ -41,15 +43,15 @@ export interface EndRunResult {
 }
 
 /**
- * Ends a run, once, at the owner of its partition. Writes the terminal record with
- * compare-and-set, with what the run used (the first end wins; a later one — a planner
- * reporting after a breaker — changes nothing and gets the stored record back), returns a
- * child run's carve to its parent (what the child used is committed on the parent, the rest is
- * free again), then, for the call that ended it, audits `run.end` and emits the `run.end` trace.
+ * Ends a run, once, at the owner of its partition: seals its budget state (no grant from now
+ * on), returns a child run's carve to its parent (what the child used is committed on the
+ * parent, the rest is free again), writes the terminal record with compare-and-set and what
+ * the run used (the first end wins; a later one — a planner reporting after a breaker —
+ * changes nothing and gets the stored record back), then, for the call that ended it, audits
+ * `run.end` and emits the `run.end` trace.
  *
- * The carve release is also retried on a repeated end (it is idempotent): an owner that crashed
- * between the record write and the release leaves the parent's budget held only until the
- * next end of that child is reported.
+ * The carve release is idempotent and retried on a repeated end: an owner that crashed
+ * between the release and the record write leaves a run that a retried end completes.
  *
  * Throws `NotFoundError` for an unknown run and `UnavailableError` when KV or the audit log
  * cannot be written (the record may then be terminal already; a retry completes the rest).
@@ -62,7 +64,18 @@ export async function endRun(
 ): Promise<EndRunResult> {
   let wrote = false;
   const now = Date.now();
+  const before = await ctx.runs.get(runId);
+  if (before && isTerminal(before.status)) {
+    // Ended already: only finish what a crashed end may have left (idempotent).
+    if (before.parentRunId) await ctx.releaseCarve(before.parentRunId, runId, before.used);
+    return { record: before, ended: false };
+  }
+  // Sealed, measured and its carve returned to the parent BEFORE the terminal record is
+  // written: whoever sees the run ended (the parent's planner wakes on the record) finds the
+  // parent's budget already free of the child's carve.
+  await ctx.seal(runId);
   const used = await ctx.used(runId);
+  if (before?.parentRunId && used) await ctx.releaseCarve(before.parentRunId, runId, used);
   const record = await ctx.runs.update(runId, (r) => {
     wrote = false;
     if (isTerminal(r.status)) return undefined;
@@ -83,7 +96,6 @@ export async function endRun(
       ...(outcome.status !== 'completed' && outcome.error ? { error: outcome.error } : {}),
     };
   });
-  if (record.parentRunId) await ctx.releaseCarve(record.parentRunId, record.runId, record.used);
   if (!wrote) return { record, ended: false };
   await ctx.audit({
     action: 'run.end',
